@@ -1,0 +1,256 @@
+"""The HDR math of hdr_jax: one set of pure functions used by training, evaluation and scoring.
+
+Conventions (SPEC sections 1-2):
+  * LDR frames are float in [0, 1], gamma-encoded with ``GAMMA = 2.24``.
+  * The NTIRE target ``hdr`` is in the *gamma domain*; linear radiance is ``hdr ** GAMMA``.
+  * Exposures are in stops; ``ev_rel = exposures - exposures[..., 1]`` (medium frame is 0).
+  * Images are channels-last: ``(..., H, W, C)``.
+
+Two paths:
+  * ``jnp`` functions (everything without an ``np_`` prefix) are pure and jit-able; a leading batch
+    axis is allowed everywhere; metrics reduce over the last three axes (H, W, C).
+  * ``np_psnr_mu`` / ``np_psnr_l`` reproduce the official NTIRE scoring program's NumPy arithmetic
+    (dtypes included), and are what ``hdr_jax.score`` uses.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+GAMMA = 2.24
+MU = 5000.0
+PERCENTILE = 99.0
+
+# --------------------------------------------------------------------------------------------------
+# Gamma and exposure alignment
+# --------------------------------------------------------------------------------------------------
+
+
+def gamma_decode(x, gamma: float = GAMMA):
+  """Gamma-domain -> linear: ``x ** gamma`` (negative values clamped to 0)."""
+  return jnp.power(jnp.maximum(x, 0.0), gamma)
+
+
+def gamma_encode(x, gamma: float = GAMMA):
+  """Linear -> gamma domain: ``x ** (1 / gamma)`` (negative values clamped to 0)."""
+  return jnp.power(jnp.maximum(x, 0.0), 1.0 / gamma)
+
+
+def relative_exposures(exposures):
+  """``exposures - exposures[..., 1]``: the medium frame gets 0 (shape ``(..., 3)``)."""
+  exposures = jnp.asarray(exposures, jnp.float32)
+  return exposures - exposures[..., 1:2]
+
+
+def _ev_broadcast(ev, ndim_img: int):
+  """Reshape per-frame EVs ``(...,)`` so they broadcast over ``(..., H, W, C)``."""
+  ev = jnp.asarray(ev, jnp.float32)
+  return ev.reshape(ev.shape + (1,) * ndim_img)
+
+
+def ldr_to_linear(ldr, ev_rel, gamma: float = GAMMA):
+  """Linear scene estimate from an LDR frame: ``ldr ** gamma / 2 ** ev_rel``.
+
+  ``ldr``: ``(..., H, W, C)``; ``ev_rel``: broadcastable to the leading axes ``(...)``.
+  """
+  return gamma_decode(ldr, gamma) / jnp.exp2(_ev_broadcast(ev_rel, 3))
+
+
+def align_exposure(ldr, ev_rel, gamma: float = GAMMA):
+  """An LDR frame brought to the medium exposure, in the gamma domain (SPEC 1):
+  ``((ldr ** gamma) * 2 ** (-ev_rel)) ** (1 / gamma)``."""
+  return gamma_encode(ldr_to_linear(ldr, ev_rel, gamma), gamma)
+
+
+def ldr_to_hdr_inputs(frames, exposures, gamma: float = GAMMA, domain: str = "linear"):
+  """The 6-channel per-frame model input ``[LDR, H]`` (SPEC 3).
+
+  Args:
+    frames: ``(..., 3, H, W, 3)`` LDR frames (short, medium, long) in [0, 1].
+    exposures: ``(..., 3)`` exposures in stops (absolute or relative; only differences matter).
+    domain: ``"linear"`` gives ``H = ldr ** gamma / 2 ** ev_rel`` (AHDRNet);
+      ``"gamma"`` gives the exposure-aligned frame in the gamma domain (HDR-VAM).
+  Returns:
+    ``(..., 3, H, W, 6)``.
+  """
+  ev_rel = relative_exposures(exposures)
+  if domain == "linear":
+    h = ldr_to_linear(frames, ev_rel, gamma)
+  elif domain == "gamma":
+    h = align_exposure(frames, ev_rel, gamma)
+  else:
+    raise ValueError(f"domain must be 'linear' or 'gamma', got {domain!r}")
+  return jnp.concatenate([frames, h.astype(frames.dtype)], axis=-1)
+
+
+def max_radiance(exposures):
+  """Largest linear radiance (relative to the medium frame) the short frame can record:
+  ``2 ** -ev_rel_short``. Used to scale a model's sigmoid output; shape ``(...)``."""
+  return jnp.exp2(-relative_exposures(exposures)[..., 0])
+
+
+# --------------------------------------------------------------------------------------------------
+# Tone mapping
+# --------------------------------------------------------------------------------------------------
+
+
+def mu_tonemap(h, mu: float = MU):
+  """``log(1 + mu * h) / log(1 + mu)``."""
+  return jnp.log1p(mu * h) / math.log1p(mu)
+
+
+def mu_tonemap_inverse(t, mu: float = MU):
+  """Inverse of :func:`mu_tonemap`."""
+  return jnp.expm1(t * math.log1p(mu)) / mu
+
+
+def tanh_norm_mu_tonemap(h, norm, mu: float = MU):
+  """``mu_tonemap(tanh(h / norm))``; ``norm`` broadcasts against the leading axes of ``h``."""
+  norm = jnp.asarray(norm, h.dtype)
+  norm = norm.reshape(norm.shape + (1,) * (h.ndim - norm.ndim)) if norm.ndim else norm
+  return mu_tonemap(jnp.tanh(h / norm), mu)
+
+
+def percentile_norm(linear_ref, q: float = PERCENTILE):
+  """``numpy.percentile(ref, 99)`` over all pixels and channels of each image (linear interp.)."""
+  flat = linear_ref.reshape(linear_ref.shape[:-3] + (-1,))
+  return jnp.percentile(flat, q, axis=-1, method="linear")
+
+
+# --------------------------------------------------------------------------------------------------
+# Metrics (jnp; per image, leading axes kept)
+# --------------------------------------------------------------------------------------------------
+
+
+def mse(a, b):
+  return jnp.mean(jnp.square(a - b), axis=(-3, -2, -1))
+
+
+def psnr(a, b):
+  """``-10 log10(mean((a - b) ** 2))`` per image."""
+  return -10.0 * jnp.log10(mse(a, b))
+
+
+def psnr_mu(ref, res, gamma: float = GAMMA):
+  """PSNR-mu of the NTIRE challenge on gamma-domain HDR images (SPEC 2)."""
+  rl = gamma_decode(ref, gamma)
+  sl = gamma_decode(res, gamma)
+  n = percentile_norm(rl)
+  return psnr(tanh_norm_mu_tonemap(rl, n), tanh_norm_mu_tonemap(sl, n))
+
+
+def psnr_l(ref, res):
+  """PSNR-L of the NTIRE challenge: PSNR after dividing both by ``max(ref)`` (gamma domain)."""
+  m = jnp.max(ref, axis=(-3, -2, -1), keepdims=True)
+  return psnr(ref / m, res / m)
+
+
+def _gaussian_kernel(size: int = 11, sigma: float = 1.5):
+  x = np.arange(size, dtype=np.float64) - (size - 1) / 2
+  k = np.exp(-(x**2) / (2 * sigma**2))
+  return (k / k.sum()).astype(np.float32)
+
+
+def _gaussian_filter_valid(x, kernel):
+  """Separable 'valid' Gaussian filter of ``(N, H, W, C)`` per channel."""
+  k = jnp.asarray(kernel, x.dtype)
+  c = x.shape[-1]
+  kh = jnp.tile(k.reshape(-1, 1, 1, 1), (1, 1, 1, c))
+  kw = jnp.tile(k.reshape(1, -1, 1, 1), (1, 1, 1, c))
+  dn = ("NHWC", "HWIO", "NHWC")
+  y = jax.lax.conv_general_dilated(x, kh, (1, 1), "VALID", dimension_numbers=dn, feature_group_count=c)
+  return jax.lax.conv_general_dilated(y, kw, (1, 1), "VALID", dimension_numbers=dn, feature_group_count=c)
+
+
+def ssim(a, b, max_val: float = 1.0, filter_size: int = 11, sigma: float = 1.5,
+         k1: float = 0.01, k2: float = 0.03):
+  """SSIM (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, valid region), mean over channels.
+
+  Matches ``skimage.metrics.structural_similarity(..., gaussian_weights=True, sigma=1.5,
+  use_sample_covariance=False, data_range=max_val, channel_axis=-1)`` up to its border handling
+  (this computes the valid region only, as the reference MATLAB code does).
+  """
+  lead = a.shape[:-3]
+  a = a.reshape((-1,) + a.shape[-3:]).astype(jnp.float32)
+  b = b.reshape((-1,) + b.shape[-3:]).astype(jnp.float32)
+  kern = _gaussian_kernel(filter_size, sigma)
+  f = lambda z: _gaussian_filter_valid(z, kern)
+  mu_a, mu_b = f(a), f(b)
+  saa = f(a * a) - mu_a**2
+  sbb = f(b * b) - mu_b**2
+  sab = f(a * b) - mu_a * mu_b
+  c1, c2 = (k1 * max_val) ** 2, (k2 * max_val) ** 2
+  s = ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a**2 + mu_b**2 + c1) * (saa + sbb + c2))
+  return jnp.mean(s, axis=(-3, -2, -1)).reshape(lead)
+
+
+def ssim_mu(ref, res, gamma: float = GAMMA):
+  """SSIM on the tanh-normalised mu-law tone-mapped images (the PSNR-mu domain)."""
+  rl = gamma_decode(ref, gamma)
+  sl = gamma_decode(res, gamma)
+  n = percentile_norm(rl)
+  return ssim(tanh_norm_mu_tonemap(rl, n), tanh_norm_mu_tonemap(sl, n))
+
+
+def ssim_l(ref, res):
+  """SSIM on the gamma-domain images divided by ``max(ref)`` (the PSNR-L domain)."""
+  m = jnp.max(ref, axis=(-3, -2, -1), keepdims=True)
+  return ssim(ref / m, res / m)
+
+
+def all_metrics(ref, res, gamma: float = GAMMA):
+  """Dict of per-image PSNR-mu, PSNR-L, SSIM-mu, SSIM-L for gamma-domain HDR batches."""
+  return {
+      "psnr_mu": psnr_mu(ref, res, gamma),
+      "psnr_l": psnr_l(ref, res),
+      "ssim_mu": ssim_mu(ref, res, gamma),
+      "ssim_l": ssim_l(ref, res),
+  }
+
+
+# --------------------------------------------------------------------------------------------------
+# Training loss
+# --------------------------------------------------------------------------------------------------
+
+
+def mu_law_l1(pred_linear, target_linear, mu: float = MU):
+  """The papers' loss: ``mean |mu_tonemap(pred) - mu_tonemap(target)|`` on linear HDR."""
+  return jnp.mean(jnp.abs(mu_tonemap(pred_linear, mu) - mu_tonemap(target_linear, mu)))
+
+
+# --------------------------------------------------------------------------------------------------
+# The official NumPy path (scoring)
+# --------------------------------------------------------------------------------------------------
+
+
+def np_mu_tonemap(h, mu=5000):
+  return np.log(1 + mu * h) / np.log(1 + mu)
+
+
+def np_tanh_norm_mu_tonemap(h, norm, mu=5000):
+  return np_mu_tonemap(np.tanh(h / norm), mu)
+
+
+def np_psnr(a, b):
+  return -10 * np.log10(np.mean(np.power(a - b, 2)))
+
+
+def np_psnr_mu(ref, res, percentile=99, gamma=GAMMA):
+  """PSNR-mu with the official program's NumPy operations, in the same order and dtypes.
+
+  ``ref``/``res``: decoded gamma-domain images as the official reader returns them (float32).
+  """
+  rl = ref**gamma
+  sl = res**gamma
+  n = np.percentile(rl, percentile)
+  return float(np_psnr(np_tanh_norm_mu_tonemap(rl, n), np_tanh_norm_mu_tonemap(sl, n)))
+
+
+def np_psnr_l(ref, res):
+  """PSNR-L with the official program's NumPy operations."""
+  norm = np.max(ref)
+  return float(np_psnr(ref / norm, res / norm))
