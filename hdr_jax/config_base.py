@@ -1,0 +1,68 @@
+"""Defaults shared by every config in ``configs/``; each config file starts from :func:`get_base_config`.
+
+Every key can be overridden on the command line: ``--config.batch_size=16 --config.data.root=/data/train``.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.task = "regression"  # regression | gan | diffusion | ldae
+  c.seed = 0
+  c.batch_size = 8  # global batch (all processes and devices together)
+  c.num_train_steps = 1000
+  c.log_every = 50
+  c.eval_every = 500
+  c.checkpoint_every = 500
+  c.keep_checkpoints = 3  # the last N checkpoints are kept, plus the best by validation PSNR-mu
+  c.dtype = "float32"  # computation dtype: float32 | bfloat16 (parameters and optimiser stay float32)
+  c.distributed = "auto"  # auto: jax.distributed.initialize() when a multi-process environment is detected
+  c.progress = True  # progress bar with rate and ETA
+  c.nan_check = True  # stop with a clear message on a NaN/inf loss, before any checkpoint of it
+
+  # Data. data.root unset: the embedded dataset (synthesised once into data.cache_dir).
+  c.data = ml_collections.ConfigDict()
+  c.data.root = config_dict.placeholder(str)  # NTIRE training folder (NNNN_short.png, ...)
+  c.data.val_root = config_dict.placeholder(str)  # NTIRE validation folder (with NNNN_gt.png)
+  c.data.prepared = config_dict.placeholder(str)  # ArrayRecord data_dir from `python -m hdr_jax.tfds_ntire`
+  c.data.patch_size = 256
+  c.data.num_workers = 0  # grain worker processes (0: in-process)
+  c.data.cache_dir = config_dict.placeholder(str)  # default: $HDR_JAX_CACHE or ~/.cache/hdr_jax
+  c.data.embedded = ml_collections.ConfigDict()
+  c.data.embedded.train_scenes = 64
+  c.data.embedded.val_scenes = 4
+  c.data.embedded.height = 256
+  c.data.embedded.width = 256
+  c.data.embedded.val_height = 256
+  c.data.embedded.val_width = 384
+  c.data.embedded.seed = 0
+  c.data.embedded.hdr_files = ()  # real radiance maps (.exr/.hdr) to build scenes from
+
+  # Evaluation on whole validation frames.
+  c.eval = ml_collections.ConfigDict()
+  c.eval.max_scenes = 0  # 0: all validation scenes
+  c.eval.preview_scenes = 2  # tone-mapped preview images written per evaluation
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "ahdrnet"
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "adam"  # adam | adamw
+  c.optimizer.learning_rate = 1e-4
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.999
+  c.optimizer.eps = 1e-8
+  c.optimizer.weight_decay = 0.0
+  c.optimizer.schedule = "step"  # step (x decay_factor after decay_at * steps) | cosine | constant
+  c.optimizer.decay_at = 0.8
+  c.optimizer.decay_factor = 0.1
+  c.optimizer.warmup_steps = 0
+  c.optimizer.grad_clip = 0.0  # global-norm clipping; 0 disables
+
+  c.init = ml_collections.ConfigDict()
+  c.init.feature_extractor = config_dict.placeholder(str)  # workdir of an l-DAE pretraining run
+  return c

@@ -1,0 +1,100 @@
+r"""Turns published weights into a hdr_jax workdir that ``evaluate`` and ``predict`` use.
+
+  python -m hdr_jax.convert --from=ahdrnet-pytorch --weights=AHDRNet.pt --workdir=runs/ahdrnet_official
+  python -m hdr_jax.convert --from=hdrvam-keras --weights=HDR-VAM.h5 --workdir=runs/vam_official
+
+The official AHDRNet weights were trained on Kalantari's data (linear HDR in [0, 1], gamma 2.2), so
+the converted config uses ``model.gamma=2.2`` and the plain sigmoid head; override with
+``--set model.gamma=2.24`` etc. PyTorch (extra ``hdr_jax[torch]``) is needed only for ``.pt`` files;
+Keras ``.h5`` files are read with h5py, without TensorFlow.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import jax
+from absl import app, flags
+from flax import nnx
+
+from hdr_jax import checkpoint as ckpt_lib
+from hdr_jax import engine as engine_lib
+from hdr_jax import io as hio
+from hdr_jax.config_base import get_base_config
+from hdr_jax.evaluate import parse_overrides
+
+SOURCES = {
+    # name: (model name, model config overrides)
+    "ahdrnet-pytorch": ("ahdrnet", {"gamma": 2.2, "output_head": "sigmoid"}),
+    "hdrvam-keras": ("vam", {"output_head": "sigmoid"}),
+}
+
+_FROM = flags.DEFINE_enum("from", None, list(SOURCES), "Kind of published weights.")
+_WEIGHTS = flags.DEFINE_string("weights", None, "The weights file (.pt/.pth state_dict or Keras .h5).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir to create (config.json + checkpoints/0).")
+_SET = flags.DEFINE_multi_string("set", [], "Config overrides KEY=VALUE (e.g. model.gamma=2.24).")
+
+
+def load_weights(kind: str, model, path) -> None:
+  if kind == "ahdrnet-pytorch":
+    from hdr_jax.models import ahdrnet
+
+    ahdrnet.load_torch_state_dict(model, ahdrnet.torch_state_dict_from_file(path))
+  elif kind == "hdrvam-keras":
+    from hdr_jax.models import vam
+
+    vam.load_keras_h5(model, path)
+  else:
+    raise ValueError(f"--from: unknown source {kind!r}")
+
+
+def convert(kind: str, weights, workdir, overrides: dict | None = None) -> Path:
+  weights, workdir = Path(weights), Path(workdir)
+  if not weights.is_file():
+    raise hio.DataError(weights, "file is missing")
+  if (workdir / "checkpoints").is_dir() and any((workdir / "checkpoints").iterdir()):
+    raise hio.DataError(workdir, "workdir already holds checkpoints; choose a new --workdir")
+  model_name, model_overrides = SOURCES[kind]
+  config = get_base_config()
+  config.model.name = model_name
+  for k, v in model_overrides.items():
+    config.model[k] = v
+  for k, v in (overrides or {}).items():
+    *path, last = k.split(".")
+    node = config
+    for p in path:
+      node = node[p]
+    node[last] = v
+  engine = engine_lib.Engine(config)
+  state = engine.init_state(jax.random.key(config.seed))
+  bundle = engine.bundle(state)
+  load_weights(kind, bundle.model, weights)
+  state = jax.device_put(nnx.state(bundle), engine.replicated)
+  workdir.mkdir(parents=True, exist_ok=True)
+  ckpt_lib.save_config(workdir, config)
+  ckpts = ckpt_lib.Checkpoints(workdir, keep=config.keep_checkpoints)
+  ckpts.save(0, state, meta={"converted_from": kind, "weights": str(weights.absolute())})
+  ckpts.close()
+  print(f"converted {weights} ({kind}) -> {workdir.absolute()} (checkpoint step 0)")
+  return workdir
+
+
+def main(argv=None):
+  def _main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    for f in (_FROM, _WEIGHTS, _WORKDIR):
+      if not f.value:
+        raise app.UsageError(f"--{f.name} is required")
+    try:
+      convert(_FROM.value, _WEIGHTS.value, _WORKDIR.value, parse_overrides(_SET.value))
+    except (hio.DataError, ValueError, KeyError) as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(1)
+
+  app.run(_main, argv=argv)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,271 @@
+"""The machinery shared by ``train``, ``evaluate`` and ``predict``: the device mesh, the jitted and
+sharded step/predict functions of a task, data resolution, full-frame evaluation, and loading a
+model from a workdir.
+
+Data parallelism: one mesh axis ``data`` over all devices of all processes. The batch is sharded
+along ``data``; parameters and optimiser state are replicated. Every function is a plain
+``jax.jit`` with ``NamedSharding`` in/out shardings (no ``pmap``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from hdr_jax import hdr_math
+from hdr_jax import io as hio
+from hdr_jax import tasks
+
+_MULTIPROCESS_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "MEGASCALE_COORDINATOR_ADDRESS",
+                     "TPU_WORKER_HOSTNAMES", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
+
+
+def maybe_initialize_distributed(mode: str = "auto") -> None:
+  """``jax.distributed.initialize()`` when asked (``true``) or when a multi-process environment is
+  detected (``auto``: coordinator address, TPU pod worker list, SLURM or Open MPI variables)."""
+  mode = str(mode).lower()
+  if mode in ("false", "0", "no", "off"):
+    return
+  if mode == "auto":
+    detected = [v for v in _MULTIPROCESS_ENV if os.environ.get(v)]
+    if "TPU_WORKER_HOSTNAMES" in detected and "," not in os.environ["TPU_WORKER_HOSTNAMES"]:
+      detected.remove("TPU_WORKER_HOSTNAMES")  # single-host TPU VM
+    if "SLURM_NTASKS" in detected and os.environ["SLURM_NTASKS"] == "1":
+      detected.remove("SLURM_NTASKS")
+    if not detected:
+      return
+  if jax.distributed.is_initialized():
+    return
+  jax.distributed.initialize()
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  # Auto axis type: XLA propagates shardings through the model (the batch axis is the only sharded one).
+  return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def to_host(x) -> np.ndarray:
+  """A (possibly multi-process, sharded) array as a full NumPy array on every process."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
+class Engine:
+  """A task's bundle on a mesh, with jitted train and predict functions."""
+
+  def __init__(self, config, task=None, mesh=None):
+    self.config = config
+    self.task = task or tasks.get_task(config)
+    self.mesh = mesh or make_mesh()
+    self.replicated = NamedSharding(self.mesh, P())
+    self.data_sharding = NamedSharding(self.mesh, P("data"))
+    self.num_shards = self.mesh.shape["data"]
+    self.graphdef = None
+    self._train = None
+    self._predict = None
+
+  # ---------------------------------------------------------------------------------------------
+  def init_state(self, key) -> nnx.State:
+    """Creates the task's bundle and returns its state, replicated over the mesh."""
+    self.graphdef, state = nnx.split(self.task.create(key))
+    return jax.device_put(state, self.replicated)
+
+  def bundle(self, state):
+    return nnx.merge(self.graphdef, state)
+
+  # ---------------------------------------------------------------------------------------------
+  def _make_train(self):
+    task, graphdef = self.task, self.graphdef
+
+    def step(state, batch, key):
+      bundle = nnx.merge(graphdef, state)
+      batch = dict(batch, frames=batch["frames"].astype(jnp.float32) / 255.0)
+      metrics = task.train_step(bundle, batch, key)
+      return nnx.state(bundle), metrics
+
+    return jax.jit(step, in_shardings=(self.replicated, self.data_sharding, self.replicated),
+                   out_shardings=(self.replicated, self.replicated), donate_argnums=(0,))
+
+  def train_step(self, state, batch, key):
+    if self._train is None:
+      self._train = self._make_train()
+    return self._train(state, batch, key)
+
+  def global_batch(self, local_batch: dict) -> dict:
+    """Assembles the global batch from this process's share (``jax.make_array_from_process_local_data``)."""
+    return {k: jax.make_array_from_process_local_data(self.data_sharding, np.asarray(v))
+            for k, v in local_batch.items() if k in ("frames", "exposures", "gt")}
+
+  # ---------------------------------------------------------------------------------------------
+  def _make_predict(self):
+    task, graphdef = self.task, self.graphdef
+
+    def predict(state, frames, exposures, key):
+      bundle = nnx.merge(graphdef, state)
+      return task.predict(bundle, frames.astype(jnp.float32) / 255.0, exposures, key)
+
+    return jax.jit(predict, in_shardings=(self.replicated, self.data_sharding, self.data_sharding, self.replicated),
+                   out_shardings=self.data_sharding)
+
+  def predict(self, state, frames_u8: np.ndarray, exposures: np.ndarray, key=None) -> np.ndarray:
+    """Gamma-domain HDR for a batch of whole frames ``(B, 3, H, W, 3)`` uint8 (same on every process).
+
+    The batch is padded with copies to a multiple of the mesh size, sharded, and cut back.
+    """
+    if self._predict is None:
+      self._predict = self._make_predict()
+    if key is None:
+      key = jax.random.key(self.config.seed)
+    b = frames_u8.shape[0]
+    pad = (-b) % self.num_shards
+    if pad:
+      frames_u8 = np.concatenate([frames_u8, np.repeat(frames_u8[-1:], pad, 0)])
+      exposures = np.concatenate([exposures, np.repeat(exposures[-1:], pad, 0)])
+    put = lambda x: jax.make_array_from_callback(x.shape, self.data_sharding, lambda idx: x[idx])
+    out = self._predict(state, put(frames_u8), put(np.asarray(exposures, np.float32)), key)
+    return to_host(out)[:b]
+
+
+# -------------------------------------------------------------------------------------------------
+# Data
+# -------------------------------------------------------------------------------------------------
+
+
+def default_cache_dir() -> Path:
+  return Path(os.environ.get("HDR_JAX_CACHE", Path.home() / ".cache" / "hdr_jax"))
+
+
+def resolve_data(config) -> tuple[Path, Path]:
+  """``(train_dir, val_dir)``: the configured NTIRE folders, or the embedded dataset synthesised once
+  into the cache (``data.root`` unset). The validation folder defaults to the training folder."""
+  d = config.data
+  if d.root:
+    train = Path(d.root)
+    val = Path(d.val_root) if d.val_root else train
+    return train, val
+  from hdr_jax import synthesize
+
+  e = d.embedded
+  cache = Path(d.cache_dir) if d.cache_dir else default_cache_dir()
+  hdr_files = tuple(str(Path(p)) for p in e.hdr_files)
+  tag = "real" if hdr_files else "proc"
+  train = cache / f"embedded_{tag}_train_n{e.train_scenes}_{e.height}x{e.width}_s{e.seed}"
+  val = cache / f"embedded_{tag}_val_n{e.val_scenes}_{e.val_height}x{e.val_width}_s{e.seed}"
+  if jax.process_index() == 0:
+    synthesize.ensure_dataset(train, e.train_scenes, e.height, e.width, hdr_files=hdr_files, seed=e.seed)
+    synthesize.ensure_dataset(val, e.val_scenes, e.val_height, e.val_width, hdr_files=hdr_files,
+                              seed=e.seed + 7919)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("hdr_jax:embedded_dataset")
+    if jax.process_index() != 0:  # a host with its own disk makes its own (identical) copy
+      synthesize.ensure_dataset(train, e.train_scenes, e.height, e.width, hdr_files=hdr_files, seed=e.seed)
+      synthesize.ensure_dataset(val, e.val_scenes, e.val_height, e.val_width, hdr_files=hdr_files,
+                                seed=e.seed + 7919)
+  return train, val
+
+
+# -------------------------------------------------------------------------------------------------
+# Evaluation on whole frames
+# -------------------------------------------------------------------------------------------------
+
+
+def _same_size_groups(scenes, group: int):
+  """Consecutive scenes of equal frame size, at most ``group`` at a time."""
+  batch, size = [], None
+  for s in scenes:
+    h, w = hio.png_info(s.frames[0]).height, hio.png_info(s.frames[0]).width
+    if batch and ((h, w) != size or len(batch) == group):
+      yield batch
+      batch = []
+    batch.append(s)
+    size = (h, w)
+  if batch:
+    yield batch
+
+
+def iter_predictions(engine: Engine, state, scenes, key=None, batch_size: int | None = None):
+  """Yields ``(scene_dict, hdr_prediction)`` for each scene (read with ``io.read_scene``)."""
+  group = batch_size or engine.num_shards
+  for chunk in _same_size_groups(scenes, group):
+    data = [hio.read_scene(s) for s in chunk]
+    frames = np.stack([np.round(d["frames"] * 255).astype(np.uint8) for d in data])
+    exposures = np.stack([d["exposures"] for d in data])
+    preds = engine.predict(state, frames, exposures, key)
+    for d, p in zip(data, preds):
+      if not np.all(np.isfinite(p)):
+        raise FloatingPointError(f"scene {d['id']}: the model produced NaN/inf values")
+      yield d, p
+
+
+@jax.jit
+def _ssim_pair(ref, res):
+  return hdr_math.ssim_mu(ref, res), hdr_math.ssim_l(ref, res)
+
+
+def scene_metrics(gt: np.ndarray, pred: np.ndarray) -> dict:
+  """PSNR-mu/PSNR-L exactly as the official scoring program (NumPy path), SSIM-mu/SSIM-L."""
+  ssim_mu, ssim_l = _ssim_pair(jnp.asarray(gt), jnp.asarray(pred))
+  return {"psnr_mu": hdr_math.np_psnr_mu(gt, pred), "psnr_l": hdr_math.np_psnr_l(gt, pred),
+          "ssim_mu": float(ssim_mu), "ssim_l": float(ssim_l)}
+
+
+def evaluate_scenes(engine: Engine, state, scenes, *, key=None, writer=None, step: int = 0,
+                    preview: int = 0, baseline: bool = True) -> tuple[dict, list[dict]]:
+  """Whole-frame evaluation. Returns ``(means, per_scene)``; means include the medium-frame
+  baseline (``baseline_psnr_mu`` ...) so every number has its reference beside it."""
+  from hdr_jax import metrics_log
+
+  rows = []
+  for i, (d, pred) in enumerate(iter_predictions(engine, state, scenes, key)):
+    row = {"id": d["id"], **scene_metrics(d["gt"], pred)}
+    if baseline:
+      medium = d["frames"][1]
+      row["baseline_psnr_mu"] = hdr_math.np_psnr_mu(d["gt"], medium)
+      row["baseline_psnr_l"] = hdr_math.np_psnr_l(d["gt"], medium)
+    rows.append(row)
+    if writer is not None and i < preview:
+      writer.write_image(step, f"preview_{d['id']}", metrics_log.preview_grid(d["frames"], pred, d["gt"]))
+  keys = [k for k in rows[0] if k != "id"] if rows else []
+  means = {k: float(np.mean([r[k] for r in rows])) for k in keys}
+  return means, rows
+
+
+# -------------------------------------------------------------------------------------------------
+# Loading a trained model
+# -------------------------------------------------------------------------------------------------
+
+
+def load_from_workdir(workdir, step: int | str | None = None, config_overrides: dict | None = None):
+  """``(config, engine, state, step)`` for a workdir's checkpoint: ``step`` an int, ``'latest'``
+  (default) or ``'best'`` (by validation PSNR-mu)."""
+  from hdr_jax import checkpoint
+
+  config = checkpoint.load_config(workdir)
+  for k, v in (config_overrides or {}).items():
+    node, *path = k.split(".")
+    target = config
+    for p in [node] + path[:-1]:
+      target = target[p]
+    target[path[-1] if path else node] = v
+  ckpts = checkpoint.Checkpoints(workdir, read_only=True)
+  if step in (None, "latest"):
+    chosen = ckpts.latest_step()
+  elif step == "best":
+    chosen = ckpts.best_step() or ckpts.latest_step()
+  else:
+    chosen = int(step)
+  if chosen is None:
+    raise hio.DataError(ckpts.directory, "no checkpoint found in this workdir")
+  engine = Engine(config)
+  state = engine.init_state(jax.random.key(config.seed))
+  state, _ = ckpts.restore(chosen, state, sharding=engine.replicated)
+  ckpts.close()
+  return config, engine, state, chosen

@@ -1,0 +1,85 @@
+r"""Evaluates a checkpoint on whole NTIRE frames.
+
+  python -m hdr_jax.evaluate --workdir=runs/vam_drdb [--data=NTIRE_DIR] [--step=N|best|latest] \
+      [--config.KEY=VALUE ...]
+
+Prints a per-scene table (PSNR-mu and PSNR-L exactly as the official scoring program, SSIM-mu,
+SSIM-L, and the medium-frame baseline) and writes ``WORKDIR/eval_<step>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import jax
+from absl import app, flags
+
+from hdr_jax import engine as engine_lib
+from hdr_jax import io as hio
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding config.json and checkpoints/.")
+_DATA = flags.DEFINE_string("data", None, "NTIRE folder with ground truth (default: the run's validation data).")
+_STEP = flags.DEFINE_string("step", "latest", "Checkpoint step: an integer, 'latest' or 'best'.")
+_MAX = flags.DEFINE_integer("max_scenes", 0, "Evaluate at most this many scenes (0: all).")
+_OUT = flags.DEFINE_string("json", None, "Where to write the JSON (default WORKDIR/eval_<step>.json).")
+_SET = flags.DEFINE_multi_string("set", [], "Config overrides KEY=VALUE (e.g. sampler.steps=50 for diffusion).")
+
+
+def parse_overrides(items) -> dict:
+  out = {}
+  for item in items:
+    if "=" not in item:
+      raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+    k, v = item.split("=", 1)
+    try:
+      out[k] = json.loads(v)
+    except json.JSONDecodeError:
+      out[k] = v
+  return out
+
+
+def format_table(rows, means) -> str:
+  cols = [k for k in means]
+  lines = ["scene  " + "  ".join(f"{c:>16}" for c in cols)]
+  for r in rows:
+    lines.append(f"{r['id']:>5}  " + "  ".join(f"{r[c]:16.4f}" for c in cols))
+  lines.append(" mean  " + "  ".join(f"{means[c]:16.4f}" for c in cols))
+  return "\n".join(lines)
+
+
+def run(workdir, data=None, step="latest", max_scenes=0, json_path=None, overrides=None) -> dict:
+  config, engine, state, chosen = engine_lib.load_from_workdir(workdir, step, overrides)
+  folder = Path(data) if data else engine_lib.resolve_data(config)[1]
+  scenes = hio.validate_folder(folder, require_gt=True)
+  if max_scenes:
+    scenes = scenes[:max_scenes]
+  means, rows = engine_lib.evaluate_scenes(engine, state, scenes, key=jax.random.key(config.seed))
+  result = {"workdir": str(Path(workdir).absolute()), "step": chosen, "data": str(folder.absolute()),
+            "model": config.model.name, "mean": means, "scenes": rows}
+  if jax.process_index() == 0:
+    print(format_table(rows, means))
+    out = Path(json_path) if json_path else Path(workdir) / f"eval_{chosen}.json"
+    hio.atomic_write_bytes(out, json.dumps(result, indent=2).encode())
+    print(f"wrote {out}")
+  return result
+
+
+def main(argv=None):
+  def _main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not _WORKDIR.value:
+      raise app.UsageError("--workdir is required")
+    try:
+      run(_WORKDIR.value, _DATA.value, _STEP.value, _MAX.value, _OUT.value, parse_overrides(_SET.value))
+    except (hio.DataError, ValueError, FloatingPointError) as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(1)
+
+  app.run(_main, argv=argv)
+
+
+if __name__ == "__main__":
+  main()

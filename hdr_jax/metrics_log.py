@@ -1,0 +1,77 @@
+"""Run logging: a JSON-lines log, TensorBoard event files (tensorboardX, no TensorFlow) and images.
+
+Only process 0 writes; other processes get a writer that does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from hdr_jax import hdr_math
+from hdr_jax import io as hio
+
+
+class MetricWriter:
+
+  def __init__(self, workdir, enabled: bool | None = None):
+    self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self.workdir = Path(workdir)
+    self._tb = None
+    self._jsonl = None
+    if self.enabled:
+      self.workdir.mkdir(parents=True, exist_ok=True)
+      self._jsonl = open(self.workdir / "metrics.jsonl", "a", buffering=1)
+      from tensorboardX import SummaryWriter
+
+      self._tb = SummaryWriter(str(self.workdir / "tensorboard"), flush_secs=10)
+
+  def write_scalars(self, step: int, scalars: dict, prefix: str = "") -> None:
+    if not self.enabled:
+      return
+    clean = {f"{prefix}{k}": float(v) for k, v in scalars.items()}
+    self._jsonl.write(json.dumps({"step": int(step), "time": time.time(), **clean}) + "\n")
+    for k, v in clean.items():
+      self._tb.add_scalar(k, v, int(step))
+
+  def write_image(self, step: int, name: str, image_hwc: np.ndarray) -> Path | None:
+    """Writes an 8-bit RGB image ([0, 1] float) to ``WORKDIR/images/<name>_<step>.png`` and TensorBoard."""
+    if not self.enabled:
+      return None
+    img = np.clip(np.asarray(image_hwc, np.float32), 0.0, 1.0)
+    path = self.workdir / "images" / f"{name}_{int(step):07d}.png"
+    hio.write_ldr_png(path, img)
+    self._tb.add_image(name, img, int(step), dataformats="HWC")
+    return path
+
+  def flush(self) -> None:
+    if self.enabled:
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      self._tb.close()
+      self._jsonl.close()
+
+
+def tonemap_for_display(hdr_gamma, ref_gamma=None):
+  """Tone-maps a gamma-domain HDR image for viewing: the PSNR-mu tone map, normalised by the 99th
+  percentile of the reference (or of the image itself), then gamma-encoded for display."""
+  ref = hdr_gamma if ref_gamma is None else ref_gamma
+  rl = np.power(np.maximum(ref, 0), hdr_math.GAMMA)
+  n = np.percentile(rl, 99) + 1e-8
+  t = hdr_math.np_tanh_norm_mu_tonemap(np.power(np.maximum(hdr_gamma, 0), hdr_math.GAMMA), n)
+  return np.clip(t, 0, 1)
+
+
+def preview_grid(frames, pred, gt=None):
+  """One row: the three LDR frames, the tone-mapped prediction and (if given) the tone-mapped target."""
+  tiles = [np.asarray(f, np.float32) for f in frames]
+  tiles.append(tonemap_for_display(pred, gt))
+  if gt is not None:
+    tiles.append(tonemap_for_display(gt, gt))
+  return np.concatenate(tiles, axis=1)

@@ -1,0 +1,62 @@
+r"""Predicts HDR images for a folder of NTIRE scenes with a trained checkpoint.
+
+  python -m hdr_jax.predict --workdir=runs/vam_drdb --input=NTIRE_DIR --output=OUT [--format=ntire|exr|hdr]
+
+``ntire`` (default) writes the official results layout (``NNNN.png`` 16-bit + ``NNNN_alignratio.npy``)
+that ``python -m hdr_jax.score`` and the official scoring program read; ``exr``/``hdr`` write linear
+radiance. Full-resolution frames; ground truth in the input folder is not needed.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import jax
+from absl import app, flags
+
+from hdr_jax import engine as engine_lib
+from hdr_jax import io as hio
+from hdr_jax.evaluate import parse_overrides
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding config.json and checkpoints/.")
+_INPUT = flags.DEFINE_string("input", None, "NTIRE folder of scenes (NNNN_short/medium/long.png, NNNN_exposures.npy).")
+_OUTPUT = flags.DEFINE_string("output", None, "Output folder.")
+_FORMAT = flags.DEFINE_enum("format", "ntire", ["ntire", "exr", "hdr"], "Output format.")
+_STEP = flags.DEFINE_string("step", "latest", "Checkpoint step: an integer, 'latest' or 'best'.")
+_SET = flags.DEFINE_multi_string("set", [], "Config overrides KEY=VALUE (e.g. sampler.steps=50 for diffusion).")
+
+
+def run(workdir, input_dir, output_dir, fmt="ntire", step="latest", overrides=None) -> list[Path]:
+  scenes = hio.validate_folder(input_dir)
+  config, engine, state, chosen = engine_lib.load_from_workdir(workdir, step, overrides)
+  written = []
+  t0 = time.perf_counter()
+  for d, pred in engine_lib.iter_predictions(engine, state, scenes, key=jax.random.key(config.seed)):
+    if jax.process_index() == 0:
+      written += hio.write_result(output_dir, d["id"], pred, fmt)
+  if jax.process_index() == 0:
+    print(f"{len(scenes)} scene(s) predicted with {config.model.name} (step {chosen}) in "
+          f"{time.perf_counter() - t0:.1f} s -> {Path(output_dir).absolute()} ({fmt})")
+  return written
+
+
+def main(argv=None):
+  def _main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    for f in (_WORKDIR, _INPUT, _OUTPUT):
+      if not f.value:
+        raise app.UsageError(f"--{f.name} is required")
+    try:
+      run(_WORKDIR.value, _INPUT.value, _OUTPUT.value, _FORMAT.value, _STEP.value, parse_overrides(_SET.value))
+    except (hio.DataError, ValueError, FloatingPointError) as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(1)
+
+  app.run(_main, argv=argv)
+
+
+if __name__ == "__main__":
+  main()
