@@ -89,7 +89,11 @@ class Engine:
       bundle = nnx.merge(graphdef, state)
       batch = dict(batch, frames=batch["frames"].astype(jnp.float32) / 255.0)
       metrics = task.train_step(bundle, batch, key)
-      return nnx.state(bundle), metrics
+      new_state = nnx.state(bundle)
+      # 1.0 when every parameter is finite after the update: the trainer never checkpoints otherwise.
+      metrics["params_finite"] = jnp.all(jnp.stack(
+          [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(nnx.state(bundle, nnx.Param))])).astype(jnp.float32)
+      return new_state, metrics
 
     return jax.jit(step, in_shardings=(self.replicated, self.data_sharding, self.replicated),
                    out_shardings=(self.replicated, self.replicated), donate_argnums=(0,))
@@ -139,10 +143,6 @@ class Engine:
 # -------------------------------------------------------------------------------------------------
 
 
-def default_cache_dir() -> Path:
-  return Path(os.environ.get("HDR_JAX_CACHE", Path.home() / ".cache" / "hdr_jax"))
-
-
 def resolve_data(config) -> tuple[Path, Path]:
   """``(train_dir, val_dir)``: the configured NTIRE folders, or the embedded dataset synthesised once
   into the cache (``data.root`` unset). The validation folder defaults to the training folder."""
@@ -154,7 +154,7 @@ def resolve_data(config) -> tuple[Path, Path]:
   from hdr_jax import synthesize
 
   e = d.embedded
-  cache = Path(d.cache_dir) if d.cache_dir else default_cache_dir()
+  cache = Path(d.cache_dir) if d.cache_dir else synthesize.default_cache_dir()
   hdr_files = tuple(str(Path(p)) for p in e.hdr_files)
   tag = "real" if hdr_files else "proc"
   train = cache / f"embedded_{tag}_train_n{e.train_scenes}_{e.height}x{e.width}_s{e.seed}"

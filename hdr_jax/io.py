@@ -40,12 +40,20 @@ class DataError(ValueError):
 # --------------------------------------------------------------------------------------------------
 
 
+def _default_file_mode() -> int:
+  """``0o666`` less the process umask: what a plain ``open(path, 'w')`` would give."""
+  mask = os.umask(0)
+  os.umask(mask)
+  return 0o666 & ~mask
+
+
 def atomic_write_bytes(path, data: bytes) -> None:
   """Writes ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
   try:
+    os.fchmod(fd, _default_file_mode())
     with os.fdopen(fd, "wb") as f:
       f.write(data)
       f.flush()
@@ -95,7 +103,7 @@ def png_info(path) -> PngInfo:
     f.seek(max(0, size - 12))
     tail = f.read(12)
   if tail != _PNG_IEND:
-    raise DataError(path, "PNG is truncated (no IEND chunk at the end of the file)")
+    raise DataError(path, "PNG is truncated or corrupt (no IEND chunk at the end of the file)")
   if ctype not in _PNG_CHANNELS:
     raise DataError(path, f"PNG has an invalid colour type {ctype}")
   return PngInfo(width, height, depth, _PNG_CHANNELS[ctype] if ctype != 3 else 3)
@@ -178,6 +186,8 @@ def write_hdr_png16(png_path, alignratio_path, hdr) -> None:
   if peak <= 0:
     raise ValueError(f"{png_path}: HDR image is all zero; the NTIRE encoding needs a positive maximum")
   align_ratio = (2**16 - 1) / peak
+  if not np.isfinite(align_ratio):
+    raise ValueError(f"{png_path}: maximum {peak} is too small for the NTIRE encoding")
   png = np.round(hdr * align_ratio).astype(np.uint16)
   save_npy(alignratio_path, align_ratio)
   atomic_write_bytes(png_path, _encode_png(png))
@@ -222,6 +232,7 @@ def write_exr(path, img, half: bool = False) -> None:
     header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
     with OpenEXR.File(header, {"RGB": img}) as f:
       f.write(tmp)
+    os.chmod(tmp, _default_file_mode())
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):

@@ -129,9 +129,10 @@ def train_and_evaluate(config, workdir) -> dict:
 
   def check(step_metrics, at_step):
     host = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-    if config.nan_check and not np.isfinite(host.get("loss", 0.0)):
+    if config.nan_check and not (np.isfinite(host.get("loss", 0.0)) and host.get("params_finite", 1.0) == 1.0):
+      what = "non-finite loss" if not np.isfinite(host.get("loss", 0.0)) else "non-finite parameters after the update"
       raise NonFiniteLossError(
-          f"non-finite loss ({host.get('loss')}) at step {at_step}: training stopped; the last good "
+          f"{what} (loss {host.get('loss')}) at step {at_step}: training stopped; the last good "
           f"checkpoint ({ckpts.latest_step()}) is left intact. Lower optimizer.learning_rate or set "
           f"optimizer.grad_clip.")
     return host

@@ -140,8 +140,6 @@ def test_atomic_write_leaves_no_temp_files(tmp_path):
   assert [p.name for p in (tmp_path / "sub").iterdir()] == ["x.bin"]
 
 
-@pytest.mark.xfail(strict=True, reason="io.atomic_write_bytes/write_exr keep mkstemp's 0600 mode instead of "
-                   "the umask's default (0644): written datasets/results are unreadable to other users")
 def test_atomic_write_uses_default_file_mode(tmp_path):
   umask = os.umask(0)
   os.umask(umask)
@@ -300,9 +298,6 @@ def test_corrupt_png_data(tmp_path):
   _expect(tmp_path, "0000_gt.png", "corrupt")
 
 
-@pytest.mark.xfail(strict=True, reason="io.png_info reports any file without a final IEND chunk as 'truncated', "
-                   "also when the bytes after a valid header are garbage; the message should say 'truncated or "
-                   "corrupt'")
 def test_garbage_after_png_header(tmp_path):
   _one_scene(tmp_path)
   p = tmp_path / "0000_short.png"
