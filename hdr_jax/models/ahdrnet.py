@@ -1,0 +1,180 @@
+"""AHDRNet (Yan et al., CVPR 2019) in Flax NNX, exact to the official PyTorch ``AHDR`` (SPEC 3).
+
+``AHDRNet.forward_official(x1, x2, x3)`` is the official network on 6-channel ``[LDR, H]`` NHWC inputs;
+``AHDRNet(frames, exposures)`` is the project's regression interface (SPEC conventions). With
+``polyphase=True`` the dilation-2 DRDB trunk runs on polyphase-folded sub-images with plain 3x3
+convolutions (identical outputs, much faster gradients under XLA; SPEC 3, implementation note).
+
+``load_torch_state_dict`` copies the official PyTorch ``state_dict`` (keys ``conv1.weight``,
+``att11.weight``, ``RDB1.dense_layers.0.conv.weight``, ``RDB1.conv_1x1.weight``, ``GFF_1x1.weight``, ...)
+into a model; ``torch_state_dict_from_file`` reads one from a ``.pt``/``.pth`` file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from hdr_jax import hdr_math
+from hdr_jax.models.layers import DRDB, Conv2d, pad_to_multiple, polyphase_fold, polyphase_unfold
+
+# Convolutions the official file defines but never calls: present in its state_dict, absent here.
+UNUSED_TORCH_PREFIXES = ("attConv1", "attConv3")
+LEAKY_SLOPE = 0.01
+DILATION = 2
+
+
+class AHDRNet(nnx.Module):
+  """Attention-guided HDR network with dilated residual dense blocks.
+
+  Args:
+    channels: feature width (official 64).
+    growth: DRDB growth rate (32).
+    n_dense: dense layers per DRDB (6).
+    n_blocks: number of DRDBs (3).
+    gamma: gamma of the LDR -> linear mapping of the inputs.
+    input_domain: ``'linear'`` (``H = LDR ** gamma / 2 ** ev``, the paper) or ``'gamma'``.
+    output_head: ``'exposure'`` (sigmoid times ``hdr_math.max_radiance``) or ``'sigmoid'`` (the raw
+      sigmoid: Kalantari-style [0, 1] linear HDR, what the published weights produce).
+    polyphase: run the DRDB trunk in the polyphase-folded layout.
+    dtype: computation dtype (float32 or bfloat16); the output of ``__call__`` is float32.
+    param_dtype: parameter dtype.
+  """
+
+  def __init__(self, *, channels: int = 64, growth: int = 32, n_dense: int = 6, n_blocks: int = 3,
+               gamma: float = hdr_math.GAMMA, input_domain: str = "linear", output_head: str = "exposure",
+               polyphase: bool = True, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    if input_domain not in ("linear", "gamma"):
+      raise ValueError(f"input_domain must be 'linear' or 'gamma', got {input_domain!r}")
+    if output_head not in ("exposure", "sigmoid"):
+      raise ValueError(f"output_head must be 'exposure' or 'sigmoid', got {output_head!r}")
+    c = channels
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.conv1 = Conv2d(6, c, 3, **kw)
+    self.att11 = Conv2d(2 * c, 2 * c, 3, **kw)
+    self.att12 = Conv2d(2 * c, c, 3, **kw)
+    self.att31 = Conv2d(2 * c, 2 * c, 3, **kw)
+    self.att32 = Conv2d(2 * c, c, 3, **kw)
+    self.conv2 = Conv2d(3 * c, c, 3, **kw)
+    self.rdbs = nnx.List([DRDB(c, growth, n_dense, DILATION, **kw) for _ in range(n_blocks)])
+    self.gff_1x1 = Conv2d(n_blocks * c, c, 1, **kw)
+    self.gff_3x3 = Conv2d(c, c, 3, **kw)
+    self.conv_up = Conv2d(c, c, 3, **kw)
+    self.conv3 = Conv2d(c, 3, 3, **kw)
+    self.gamma = gamma
+    self.input_domain = input_domain
+    self.output_head = output_head
+    self.polyphase = polyphase
+    self.dtype = dtype
+
+  def forward_official(self, x1, x2, x3):
+    """The official ``AHDR.forward``: three ``(B, H, W, 6)`` inputs (short, reference, long) ->
+    sigmoid output ``(B, H, W, 3)`` in float32. Exact for any H, W: the polyphase trunk is used when
+    ``polyphase`` is set and H, W are even, the dilated one otherwise."""
+    b = x1.shape[0]
+    z = _lrelu(self.conv1(jnp.concatenate([x1, x2, x3], axis=0)))  # one shared conv for the 3 frames
+    z1, z2, z3 = z[:b], z[b:2 * b], z[2 * b:]
+    a1 = jax.nn.sigmoid(self.att12(_lrelu(self.att11(jnp.concatenate([z1, z2], axis=-1)))))
+    a3 = jax.nn.sigmoid(self.att32(_lrelu(self.att31(jnp.concatenate([z3, z2], axis=-1)))))
+    f = self.conv2(jnp.concatenate([z1 * a1, z2, z3 * a3], axis=-1))
+    h, w = f.shape[1], f.shape[2]
+    folded = self.polyphase and h % DILATION == 0 and w % DILATION == 0
+    if folded:
+      f = polyphase_fold(f, DILATION)
+    feats = []
+    for rdb in self.rdbs:
+      f = rdb(f, folded=folded)
+      feats.append(f)
+    f = self.gff_1x1(jnp.concatenate(feats, axis=-1))  # pointwise: valid in the folded layout
+    if folded:
+      f = polyphase_unfold(f, DILATION)
+    f = self.gff_3x3(f) + z2
+    out = self.conv3(self.conv_up(f))
+    return jax.nn.sigmoid(out.astype(jnp.float32))
+
+  def __call__(self, frames, exposures):
+    """``frames`` ``(B, 3, H, W, 3)`` in [0, 1] (short, medium, long), ``exposures`` ``(B, 3)`` in
+    stops -> linear HDR ``(B, H, W, 3)`` float32. Any H, W: the frames are reflect-padded at the
+    bottom/right to even size (in both trunk modes, so they agree) and the output is cropped back."""
+    b, n, h, w, _ = frames.shape
+    x, _ = pad_to_multiple(frames.reshape(b * n, h, w, -1), DILATION)
+    x = x.reshape((b, n) + x.shape[1:])
+    x = hdr_math.ldr_to_hdr_inputs(x, exposures, self.gamma, domain=self.input_domain)
+    out = self.forward_official(x[:, 0], x[:, 1], x[:, 2])[:, :h, :w]
+    if self.output_head == "exposure":
+      out = out * hdr_math.max_radiance(exposures).astype(out.dtype)[:, None, None, None]
+    return out
+
+  def macs_per_pixel(self) -> int:
+    """Multiply-accumulates per output pixel, summed from the convolution kernel shapes (the shared
+    ``conv1`` runs once per frame). The official model: 1,446,720."""
+    return sum(int(np.prod(conv.kernel.shape)) * (3 if conv is self.conv1 else 1)
+               for conv in torch_conv_map(self).values())
+
+
+def _lrelu(x):
+  return jax.nn.leaky_relu(x, LEAKY_SLOPE)
+
+
+def torch_conv_map(model: AHDRNet) -> dict[str, Conv2d]:
+  """Official PyTorch module name -> the corresponding convolution of ``model``."""
+  convs = {name: getattr(model, name) for name in ("conv1", "att11", "att12", "att31", "att32", "conv2")}
+  for k, rdb in enumerate(model.rdbs, start=1):
+    for i, conv in enumerate(rdb.dense):
+      convs[f"RDB{k}.dense_layers.{i}.conv"] = conv
+    convs[f"RDB{k}.conv_1x1"] = rdb.fuse
+  convs.update(GFF_1x1=model.gff_1x1, GFF_3x3=model.gff_3x3, conv_up=model.conv_up, conv3=model.conv3)
+  return convs
+
+
+def _to_numpy(value) -> np.ndarray:
+  if hasattr(value, "detach"):  # a torch tensor (possibly bfloat16, which numpy cannot hold)
+    value = value.detach().cpu().float().numpy()
+  return np.asarray(value)
+
+
+def load_torch_state_dict(model: AHDRNet, state_dict: Mapping) -> None:
+  """Copies an official PyTorch ``AHDR`` ``state_dict`` (name -> numpy array or torch tensor) into
+  ``model`` in place. Weights ``(out, in, kh, kw)`` become kernels ``(kh, kw, in, out)``; the unused
+  ``attConv1``/``attConv3`` entries are ignored. Raises ``ValueError`` listing every missing,
+  unexpected and mismatched-shape key (and then changes nothing)."""
+  targets = {}
+  for name, conv in torch_conv_map(model).items():
+    kh, kw, cin, cout = conv.kernel.shape
+    targets[f"{name}.weight"] = (conv.kernel, (cout, cin, kh, kw))
+    targets[f"{name}.bias"] = (conv.bias, (cout,))
+  arrays = {k: _to_numpy(v) for k, v in state_dict.items()}
+  missing = sorted(set(targets) - set(arrays))
+  unexpected = sorted(k for k in arrays if k not in targets and k.split(".")[0] not in UNUSED_TORCH_PREFIXES)
+  mismatched = [f"{k}: got {tuple(arrays[k].shape)}, expected {targets[k][1]}"
+                for k in sorted(set(targets) & set(arrays)) if tuple(arrays[k].shape) != targets[k][1]]
+  if missing or unexpected or mismatched:
+    parts = [f"{title} ({len(items)}): " + ", ".join(items)
+             for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                                  ("shape mismatches", mismatched)) if items]
+    raise ValueError("state_dict does not match the official AHDR model: " + "; ".join(parts))
+  for key, (param, _) in targets.items():
+    value = arrays[key]
+    if value.ndim == 4:
+      value = value.transpose(2, 3, 1, 0)
+    param.set_value(jnp.asarray(value, dtype=param.dtype))
+
+
+def torch_state_dict_from_file(path) -> dict:
+  """Reads a PyTorch checkpoint (``torch.load(map_location='cpu', weights_only=True)``) and returns
+  its ``state_dict``: a checkpoint dict wrapping it under ``'state_dict'``, ``'model_state_dict'``,
+  ``'model'`` or ``'net'`` is unwrapped, and DataParallel's ``'module.'`` prefixes are removed."""
+  import torch  # optional dependency, needed only here
+
+  ckpt = torch.load(path, map_location="cpu", weights_only=True)
+  for key in ("state_dict", "model_state_dict", "model", "net"):
+    if isinstance(ckpt, Mapping) and isinstance(ckpt.get(key), Mapping):
+      ckpt = ckpt[key]
+      break
+  if not isinstance(ckpt, Mapping):
+    raise ValueError(f"{path}: not a state_dict (got {type(ckpt).__name__})")
+  return {k.removeprefix("module."): v for k, v in ckpt.items()}
