@@ -1,0 +1,115 @@
+"""Input-pipeline throughput: training crops/s from raw NTIRE PNGs vs the prepared ArrayRecord data.
+
+Synthesizes an NTIRE folder (hdr_jax.synthesize), prepares it with the ``ntire_hdr`` TFDS builder, then
+times batches of ``patch``x``patch`` training triplets from each source (PNG, prepared via tfds,
+prepared via the TF-free reader) with 0 (in-process), 1 and 2 worker processes. Needs the ``tfds`` extra.
+
+  python benchmarks/input_pipeline.py --height=530 --width=950 --scenes=6 [--json=PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _folder_bytes(path: Path) -> int:
+  return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _time_pipeline(source, args, workers: int, crops: int) -> dict:
+  from hdr_jax import data
+
+  start = time.perf_counter()
+  it = data.make_train_iterator(source, patch_size=args.patch, global_batch_size=args.batch, seed=0,
+                                num_workers=workers, num_threads=args.threads, prefetch=args.prefetch,
+                                crops_per_scene=crops)
+  try:
+    for _ in range(args.warmup):
+      next(it)
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(args.batches):
+      next(it)
+    elapsed = time.perf_counter() - start
+  finally:
+    it.close()
+  return {"workers": workers, "crops_per_scene": crops, "crops_per_s": args.batches * args.batch / elapsed,
+          "ms_per_batch": 1000 * elapsed / args.batches, "startup_s": first}
+
+
+def main(argv=None) -> dict:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--height", type=int, default=1060)
+  parser.add_argument("--width", type=int, default=1900)
+  parser.add_argument("--scenes", type=int, default=8)
+  parser.add_argument("--patch", type=int, default=256)
+  parser.add_argument("--batch", type=int, default=8, help="triplets per batch")
+  parser.add_argument("--batches", type=int, default=12, help="timed batches per configuration")
+  parser.add_argument("--warmup", type=int, default=2, help="untimed batches (worker start-up) first")
+  parser.add_argument("--workers", default="0,1,2", help="comma-separated worker-process counts")
+  parser.add_argument("--crops_per_scene", default="1", help="comma-separated patches per scene read")
+  parser.add_argument("--threads", type=int, default=1, help="reader threads per process")
+  parser.add_argument("--prefetch", type=int, default=2, help="buffered batches (per worker)")
+  parser.add_argument("--workdir", default=None, help="where to build the data (default: a temporary folder)")
+  parser.add_argument("--json", default="benchmarks/out/input_pipeline.json")
+  args = parser.parse_args(argv)
+
+  from hdr_jax import data, synthesize, tfds_ntire
+
+  workdir = Path(args.workdir or tempfile.mkdtemp(prefix="hdr_input_bench_"))
+  try:
+    folder = workdir / "ntire"
+    if not folder.is_dir():
+      synthesize.synthesize_folder(folder, args.scenes, args.height, args.width, seed=0, verbose=False)
+    start = time.perf_counter()
+    version_dir = tfds_ntire.prepare(folder, workdir / "tfds")
+    prepare_s = time.perf_counter() - start
+    sources = {"png": data.NtireSource(folder, decode=False),
+               "prepared/tfds": data.PreparedSource(version_dir, "train", backend="tfds"),
+               "prepared/array_record": data.PreparedSource(version_dir, "train", backend="array_record")}
+    results = []
+    for crops in (int(c) for c in args.crops_per_scene.split(",")):
+      for name, source in sources.items():
+        for workers in (int(w) for w in args.workers.split(",")):
+          r = {"source": name, **_time_pipeline(source, args, workers, crops)}
+          gc.collect()  # finish closed worker iterators now, not at interpreter exit
+          results.append(r)
+          print(f"{name:22s} crops/scene={crops} workers={workers}  {r['crops_per_s']:8.1f} crops/s  "
+                f"{r['ms_per_batch']:8.1f} ms/batch  (start-up {r['startup_s']:.1f} s)", flush=True)
+    report = {
+        "config": {k: v for k, v in vars(args).items() if k not in ("json", "workdir")},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "png_bytes": _folder_bytes(folder), "prepared_bytes": _folder_bytes(version_dir), "prepare_s": prepare_s,
+        "results": results,
+    }
+  finally:
+    if not args.workdir:
+      shutil.rmtree(workdir, ignore_errors=True)
+
+  print(f"\n{args.scenes} scenes {args.height}x{args.width}, batch {args.batch} x {args.patch}x{args.patch}, "
+        f"{args.threads} reader thread(s)/process, {os.cpu_count()} CPUs")
+  print(f"PNG folder {report['png_bytes'] / 2**20:.1f} MiB; prepared {report['prepared_bytes'] / 2**20:.1f} MiB "
+        f"(prepared in {prepare_s:.1f} s)\n")
+  counts = sorted({r["workers"] for r in results})
+  print(f"{'crops/s':36s}" + "".join(f"{f'{w} workers':>12s}" for w in counts))
+  for key in dict.fromkeys((r["source"], r["crops_per_scene"]) for r in results):
+    row = {r["workers"]: r["crops_per_s"] for r in results if (r["source"], r["crops_per_scene"]) == key}
+    print(f"{f'{key[0]} ({key[1]} crop/scene)':36s}" + "".join(f"{row[w]:12.1f}" for w in counts))
+  out = Path(args.json)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(report, indent=2))
+  print(f"\nwrote {out}")
+  return report
+
+
+if __name__ == "__main__":
+  sys.exit(main() and 0)
