@@ -9,7 +9,13 @@ from hdr_jax.config_base import get_base_config
 def get_config():
   c = get_base_config()
   c.model.name = "ahdrnet"
+  c.model.channels = 64
+  c.model.growth = 32
+  c.model.n_dense = 6  # dense layers per DRDB
+  c.model.n_blocks = 3  # DRDBs
   c.model.gamma = 2.24  # NTIRE data (the paper's Kalantari data used 2.2)
+  c.model.input_domain = "linear"  # H = LDR ** gamma / 2 ** ev
+  c.model.output_head = "exposure"  # sigmoid * 2 ** -ev_short (linear HDR relative to the medium frame)
   c.model.polyphase = True  # dilated DRDB trunk in the polyphase layout: identical output, faster gradients
   c.batch_size = 8
   c.num_train_steps = 2000

@@ -31,6 +31,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.prepared = config_dict.placeholder(str)  # ArrayRecord data_dir from `python -m hdr_jax.tfds_ntire`
   c.data.patch_size = 256
   c.data.num_workers = 0  # grain worker processes (0: in-process)
+  c.data.crops_per_scene = 1  # patches cut from each decoded scene (>1 divides the decoding cost per patch)
   c.data.cache_dir = config_dict.placeholder(str)  # default: $HDR_JAX_CACHE or ~/.cache/hdr_jax
   c.data.embedded = ml_collections.ConfigDict()
   c.data.embedded.train_scenes = 64

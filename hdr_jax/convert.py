@@ -22,7 +22,6 @@ from hdr_jax import checkpoint as ckpt_lib
 from hdr_jax import engine as engine_lib
 from hdr_jax import io as hio
 from hdr_jax.config_base import get_base_config
-from hdr_jax.evaluate import parse_overrides
 
 SOURCES = {
     # name: (model name, model config overrides)
@@ -30,10 +29,14 @@ SOURCES = {
     "hdrvam-keras": ("vam", {"output_head": "sigmoid"}),
 }
 
-_FROM = flags.DEFINE_enum("from", None, list(SOURCES), "Kind of published weights.")
-_WEIGHTS = flags.DEFINE_string("weights", None, "The weights file (.pt/.pth state_dict or Keras .h5).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir to create (config.json + checkpoints/0).")
-_SET = flags.DEFINE_multi_string("set", [], "Config overrides KEY=VALUE (e.g. model.gamma=2.24).")
+
+def _define_flags():
+  """Command-line flags, defined when the program runs (importing the module defines none)."""
+  global _FROM, _WEIGHTS, _WORKDIR, _SET
+  _FROM = flags.DEFINE_enum("from", None, list(SOURCES), "Kind of published weights.")
+  _WEIGHTS = flags.DEFINE_string("weights", None, "The weights file (.pt/.pth state_dict or Keras .h5).")
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir to create (config.json + checkpoints/0).")
+  _SET = flags.DEFINE_multi_string("set", [], "Config overrides KEY=VALUE (e.g. model.gamma=2.24).")
 
 
 def load_weights(kind: str, model, path) -> None:
@@ -60,12 +63,7 @@ def convert(kind: str, weights, workdir, overrides: dict | None = None) -> Path:
   config.model.name = model_name
   for k, v in model_overrides.items():
     config.model[k] = v
-  for k, v in (overrides or {}).items():
-    *path, last = k.split(".")
-    node = config
-    for p in path:
-      node = node[p]
-    node[last] = v
+  engine_lib.apply_overrides(config, overrides)
   engine = engine_lib.Engine(config)
   state = engine.init_state(jax.random.key(config.seed))
   bundle = engine.bundle(state)
@@ -81,14 +79,16 @@ def convert(kind: str, weights, workdir, overrides: dict | None = None) -> Path:
 
 
 def main(argv=None):
+  _define_flags()
   def _main(argv):
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    engine_lib.quiet_logging()
     for f in (_FROM, _WEIGHTS, _WORKDIR):
       if not f.value:
         raise app.UsageError(f"--{f.name} is required")
     try:
-      convert(_FROM.value, _WEIGHTS.value, _WORKDIR.value, parse_overrides(_SET.value))
+      convert(_FROM.value, _WEIGHTS.value, _WORKDIR.value, engine_lib.parse_overrides(_SET.value))
     except (hio.DataError, ValueError, KeyError) as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(1)

@@ -46,6 +46,43 @@ def maybe_initialize_distributed(mode: str = "auto") -> None:
   jax.distributed.initialize()
 
 
+def parse_overrides(items) -> dict:
+  """``["a.b=1", "c=x"]`` (the ``--set`` flags) -> ``{"a.b": 1, "c": "x"}`` (JSON values where they parse)."""
+  out = {}
+  for item in items:
+    if "=" not in item:
+      raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+    k, v = item.split("=", 1)
+    try:
+      out[k] = json.loads(v)
+    except json.JSONDecodeError:
+      out[k] = v
+  return out
+
+
+def apply_overrides(config, overrides: dict | None):
+  """Sets dotted keys (``{"model.gamma": 2.2}``) on a ConfigDict; a missing key is an error."""
+  for k, v in (overrides or {}).items():
+    *path, last = k.split(".")
+    node = config
+    try:
+      for p in path:
+        node = node[p]
+      node[last] = v
+    except (KeyError, AttributeError, TypeError) as e:
+      raise ValueError(f"--set {k}={v!r}: {e}") from None
+  return config
+
+
+def quiet_logging() -> None:
+  """Orbax and JAX log every checkpoint step at INFO; show warnings and errors only unless the user
+  asked for ``--verbosity``."""
+  from absl import flags, logging
+
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+
+
 def make_mesh() -> jax.sharding.Mesh:
   # Auto axis type: XLA propagates shardings through the model (the batch axis is the only sharded one).
   return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
@@ -248,13 +285,7 @@ def load_from_workdir(workdir, step: int | str | None = None, config_overrides: 
   (default) or ``'best'`` (by validation PSNR-mu)."""
   from hdr_jax import checkpoint
 
-  config = checkpoint.load_config(workdir)
-  for k, v in (config_overrides or {}).items():
-    node, *path = k.split(".")
-    target = config
-    for p in [node] + path[:-1]:
-      target = target[p]
-    target[path[-1] if path else node] = v
+  config = apply_overrides(checkpoint.load_config(workdir), config_overrides)
   ckpts = checkpoint.Checkpoints(workdir, read_only=True)
   if step in (None, "latest"):
     chosen = ckpts.latest_step()

@@ -19,25 +19,16 @@ from absl import app, flags
 from hdr_jax import engine as engine_lib
 from hdr_jax import io as hio
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding config.json and checkpoints/.")
-_DATA = flags.DEFINE_string("data", None, "NTIRE folder with ground truth (default: the run's validation data).")
-_STEP = flags.DEFINE_string("step", "latest", "Checkpoint step: an integer, 'latest' or 'best'.")
-_MAX = flags.DEFINE_integer("max_scenes", 0, "Evaluate at most this many scenes (0: all).")
-_OUT = flags.DEFINE_string("json", None, "Where to write the JSON (default WORKDIR/eval_<step>.json).")
-_SET = flags.DEFINE_multi_string("set", [], "Config overrides KEY=VALUE (e.g. sampler.steps=50 for diffusion).")
 
-
-def parse_overrides(items) -> dict:
-  out = {}
-  for item in items:
-    if "=" not in item:
-      raise ValueError(f"--set {item!r}: expected KEY=VALUE")
-    k, v = item.split("=", 1)
-    try:
-      out[k] = json.loads(v)
-    except json.JSONDecodeError:
-      out[k] = v
-  return out
+def _define_flags():
+  """Command-line flags, defined when the program runs (importing the module defines none)."""
+  global _WORKDIR, _DATA, _STEP, _MAX, _OUT, _SET
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding config.json and checkpoints/.")
+  _DATA = flags.DEFINE_string("data", None, "NTIRE folder with ground truth (default: the run's validation data).")
+  _STEP = flags.DEFINE_string("step", "latest", "Checkpoint step: an integer, 'latest' or 'best'.")
+  _MAX = flags.DEFINE_integer("max_scenes", 0, "Evaluate at most this many scenes (0: all).")
+  _OUT = flags.DEFINE_string("json", None, "Where to write the JSON (default WORKDIR/eval_<step>.json).")
+  _SET = flags.DEFINE_multi_string("set", [], "Config overrides KEY=VALUE (e.g. sampler.steps=50 for diffusion).")
 
 
 def format_table(rows, means) -> str:
@@ -67,13 +58,15 @@ def run(workdir, data=None, step="latest", max_scenes=0, json_path=None, overrid
 
 
 def main(argv=None):
+  _define_flags()
   def _main(argv):
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    engine_lib.quiet_logging()
     if not _WORKDIR.value:
       raise app.UsageError("--workdir is required")
     try:
-      run(_WORKDIR.value, _DATA.value, _STEP.value, _MAX.value, _OUT.value, parse_overrides(_SET.value))
+      run(_WORKDIR.value, _DATA.value, _STEP.value, _MAX.value, _OUT.value, engine_lib.parse_overrides(_SET.value))
     except (hio.DataError, ValueError, FloatingPointError) as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(1)

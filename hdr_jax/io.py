@@ -135,7 +135,8 @@ def read_ldr_png(path) -> np.ndarray:
   return read_ldr_png_uint8(path).astype(np.float32) / np.float32(255.0)
 
 
-def _encode_png(img_rgb: np.ndarray) -> bytes:
+def encode_png(img_rgb: np.ndarray) -> bytes:
+  """PNG bytes of an RGB ``uint8``/``uint16`` image."""
   ok, buf = cv2.imencode(".png", cv2.cvtColor(img_rgb, cv2.COLOR_RGB2BGR))
   if not ok:
     raise RuntimeError("PNG encoding failed")
@@ -147,7 +148,7 @@ def write_ldr_png(path, img) -> None:
   img = np.asarray(img)
   if img.dtype != np.uint8:
     img = np.clip(np.round(img.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
-  atomic_write_bytes(path, _encode_png(img))
+  atomic_write_bytes(path, encode_png(img))
 
 
 def read_alignratio(path) -> np.float32:
@@ -190,7 +191,7 @@ def write_hdr_png16(png_path, alignratio_path, hdr) -> None:
     raise ValueError(f"{png_path}: maximum {peak} is too small for the NTIRE encoding")
   png = np.round(hdr * align_ratio).astype(np.uint16)
   save_npy(alignratio_path, align_ratio)
-  atomic_write_bytes(png_path, _encode_png(png))
+  atomic_write_bytes(png_path, encode_png(png))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -42,10 +42,16 @@ class MetricWriter:
     """Writes an 8-bit RGB image ([0, 1] float) to ``WORKDIR/images/<name>_<step>.png`` and TensorBoard."""
     if not self.enabled:
       return None
-    img = np.clip(np.asarray(image_hwc, np.float32), 0.0, 1.0)
+    from tensorboardX.proto.summary_pb2 import Summary
+
+    img = np.round(np.clip(np.asarray(image_hwc, np.float32), 0.0, 1.0) * 255).astype(np.uint8)
+    png = hio.encode_png(img)
     path = self.workdir / "images" / f"{name}_{int(step):07d}.png"
-    hio.write_ldr_png(path, img)
-    self._tb.add_image(name, img, int(step), dataformats="HWC")
+    hio.atomic_write_bytes(path, png)
+    # The PNG goes into the event file as is (tensorboardX's add_image would need Pillow).
+    summary = Summary(value=[Summary.Value(tag=name, image=Summary.Image(
+        height=img.shape[0], width=img.shape[1], colorspace=3, encoded_image_string=png))])
+    self._tb._get_file_writer().add_summary(summary, int(step))
     return path
 
   def flush(self) -> None:

@@ -18,14 +18,17 @@ from absl import app, flags
 
 from hdr_jax import engine as engine_lib
 from hdr_jax import io as hio
-from hdr_jax.evaluate import parse_overrides
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding config.json and checkpoints/.")
-_INPUT = flags.DEFINE_string("input", None, "NTIRE folder of scenes (NNNN_short/medium/long.png, NNNN_exposures.npy).")
-_OUTPUT = flags.DEFINE_string("output", None, "Output folder.")
-_FORMAT = flags.DEFINE_enum("format", "ntire", ["ntire", "exr", "hdr"], "Output format.")
-_STEP = flags.DEFINE_string("step", "latest", "Checkpoint step: an integer, 'latest' or 'best'.")
-_SET = flags.DEFINE_multi_string("set", [], "Config overrides KEY=VALUE (e.g. sampler.steps=50 for diffusion).")
+
+def _define_flags():
+  """Command-line flags, defined when the program runs (importing the module defines none)."""
+  global _WORKDIR, _INPUT, _OUTPUT, _FORMAT, _STEP, _SET
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding config.json and checkpoints/.")
+  _INPUT = flags.DEFINE_string("input", None, "NTIRE folder of scenes (NNNN_short/medium/long.png, NNNN_exposures.npy).")
+  _OUTPUT = flags.DEFINE_string("output", None, "Output folder.")
+  _FORMAT = flags.DEFINE_enum("format", "ntire", ["ntire", "exr", "hdr"], "Output format.")
+  _STEP = flags.DEFINE_string("step", "latest", "Checkpoint step: an integer, 'latest' or 'best'.")
+  _SET = flags.DEFINE_multi_string("set", [], "Config overrides KEY=VALUE (e.g. sampler.steps=50 for diffusion).")
 
 
 def run(workdir, input_dir, output_dir, fmt="ntire", step="latest", overrides=None) -> list[Path]:
@@ -43,14 +46,16 @@ def run(workdir, input_dir, output_dir, fmt="ntire", step="latest", overrides=No
 
 
 def main(argv=None):
+  _define_flags()
   def _main(argv):
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    engine_lib.quiet_logging()
     for f in (_WORKDIR, _INPUT, _OUTPUT):
       if not f.value:
         raise app.UsageError(f"--{f.name} is required")
     try:
-      run(_WORKDIR.value, _INPUT.value, _OUTPUT.value, _FORMAT.value, _STEP.value, parse_overrides(_SET.value))
+      run(_WORKDIR.value, _INPUT.value, _OUTPUT.value, _FORMAT.value, _STEP.value, engine_lib.parse_overrides(_SET.value))
     except (hio.DataError, ValueError, FloatingPointError) as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(1)

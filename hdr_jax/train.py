@@ -25,9 +25,13 @@ from hdr_jax import engine as engine_lib
 from hdr_jax import io as hio
 from hdr_jax import metrics_log
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, images and metrics.")
+
+def _define_flags():
+  """Command-line flags, defined when the program runs (importing the module defines none)."""
+  global _CONFIG, _WORKDIR
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
+                                            lock_config=True)
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, images and metrics.")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -58,7 +62,8 @@ def make_train_iterator(config, train_dir):
   source = data.PreparedSource(config.data.prepared, "train") if config.data.prepared else data.NtireSource(train_dir)
   return data.make_train_iterator(
       source, patch_size=config.data.patch_size, global_batch_size=config.batch_size, seed=config.seed,
-      shard_index=jax.process_index(), shard_count=jax.process_count(), num_workers=config.data.num_workers)
+      shard_index=jax.process_index(), shard_count=jax.process_count(), num_workers=config.data.num_workers,
+      crops_per_scene=config.data.crops_per_scene)
 
 
 def train_and_evaluate(config, workdir) -> dict:
@@ -106,8 +111,12 @@ def train_and_evaluate(config, workdir) -> dict:
             "task": config.task, "config": json.loads(config.to_json_best_effort())}
 
   def evaluate(step):
-    means, _ = engine_lib.evaluate_scenes(engine, state, val_scenes, key=eval_key, writer=writer, step=step,
-                                          preview=config.eval.preview_scenes)
+    try:
+      means, _ = engine_lib.evaluate_scenes(engine, state, val_scenes, key=eval_key, writer=writer, step=step,
+                                            preview=config.eval.preview_scenes)
+    except FloatingPointError as e:
+      raise NonFiniteLossError(f"evaluation at step {step} failed: {e}; training stopped; the last good "
+                               f"checkpoint ({ckpts.latest_step()}) is left intact") from None
     writer.write_scalars(step, means, prefix="eval/")
     return means
 
@@ -207,9 +216,11 @@ def _print_summary(summary: dict) -> None:
 
 
 def main(argv=None):
+  _define_flags()
   def _main(argv):
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    engine_lib.quiet_logging()
     config = _CONFIG.value
     if config is None:
       raise app.UsageError("--config=configs/<name>.py is required")

@@ -46,11 +46,11 @@ class Conv2d(nnx.Module):
     if padding is None:
       padding = dilation * (self.kernel_size - 1) // 2
     y = jax.lax.conv_general_dilated(
-        x.astype(self.dtype), self.kernel.value.astype(self.dtype), (1, 1),
+        x.astype(self.dtype), self.kernel[...].astype(self.dtype), (1, 1),
         [(padding, padding), (padding, padding)], rhs_dilation=(dilation, dilation),
         dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=self.groups)
     if self.bias is not None:
-      y = y + self.bias.value.astype(self.dtype)
+      y = y + self.bias[...].astype(self.dtype)
     return y
 
 
