@@ -169,6 +169,7 @@ def train_and_evaluate(config, workdir) -> dict:
         scalars.update(steps_per_sec=len(window) / dt, crops_per_sec=len(window) * config.batch_size / dt,
                        learning_rate=float(engine.task.lr(step)))
         writer.write_scalars(step, scalars, prefix="train/")
+        engine.task.on_metrics(step, scalars)
         if progress is not None:
           progress.set_postfix(loss=f"{scalars['loss']:.4f}")
         window, t_window = [], time.perf_counter()

@@ -77,6 +77,9 @@ class Task:
     """The trainable parameters (counted and reported by the trainer)."""
     return nnx.state(bundle, nnx.Param)
 
+  def on_metrics(self, step: int, scalars: dict) -> None:
+    """Host-side hook called with the averaged training metrics at every log step."""
+
   def load_feature_extractor(self, engine, state, workdir):
     raise ValueError(f"config.init.feature_extractor: task {self.config.task!r} cannot start from a "
                      "pretrained feature extractor")
