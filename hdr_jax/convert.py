@@ -26,7 +26,8 @@ from hdr_jax.config_base import get_base_config
 SOURCES = {
     # name: (model name, model config overrides)
     "ahdrnet-pytorch": ("ahdrnet", {"gamma": 2.2, "output_head": "sigmoid"}),
-    "hdrvam-keras": ("vam", {"output_head": "sigmoid"}),
+    # The official HDR-VAM learns sigmoid(gt); its inference is clip(logit(out), 0) ** 2.24.
+    "hdrvam-keras": ("vam", {"output_head": "logit"}),
 }
 
 

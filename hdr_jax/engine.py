@@ -112,8 +112,10 @@ class Engine:
   # ---------------------------------------------------------------------------------------------
   def init_state(self, key) -> nnx.State:
     """Creates the task's bundle and returns its state, replicated over the mesh."""
-    self.graphdef, state = nnx.split(self.task.create(key))
-    return jax.device_put(state, self.replicated)
+    # Built abstractly, then initialised in one compiled program directly into its sharding (eager
+    # construction compiles one small program per distinct parameter shape, which is slow).
+    self.graphdef, _ = nnx.split(nnx.eval_shape(lambda: self.task.create(key)))
+    return jax.jit(lambda k: nnx.state(self.task.create(k)), out_shardings=self.replicated)(key)
 
   def bundle(self, state):
     return nnx.merge(self.graphdef, state)

@@ -98,13 +98,11 @@ class AHDRNet(nnx.Module):
 
   def __call__(self, frames, exposures):
     """``frames`` ``(B, 3, H, W, 3)`` in [0, 1] (short, medium, long), ``exposures`` ``(B, 3)`` in
-    stops -> linear HDR ``(B, H, W, 3)`` float32. Any H, W: the frames are reflect-padded at the
-    bottom/right to even size (in both trunk modes, so they agree) and the output is cropped back."""
-    b, n, h, w, _ = frames.shape
-    x, _ = pad_to_multiple(frames.reshape(b * n, h, w, -1), DILATION)
-    x = x.reshape((b, n) + x.shape[1:])
-    x = hdr_math.ldr_to_hdr_inputs(x, exposures, self.gamma, domain=self.input_domain)
-    out = self.forward_official(x[:, 0], x[:, 1], x[:, 2])[:, :h, :w]
+    stops -> linear HDR ``(B, H, W, 3)`` float32. Any H, W, with the official model's border handling
+    (zero padding of every convolution): even sizes run the polyphase trunk, odd ones the dilated
+    trunk, both exact."""
+    x = hdr_math.ldr_to_hdr_inputs(frames, exposures, self.gamma, domain=self.input_domain)
+    out = self.forward_official(x[:, 0], x[:, 1], x[:, 2])
     if self.output_head == "exposure":
       out = out * hdr_math.max_radiance(exposures).astype(out.dtype)[:, None, None, None]
     return out
