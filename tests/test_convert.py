@@ -68,3 +68,22 @@ def test_convert_errors(tmp_path):
                f"--workdir={tmp_path / 'wd2'}"], tmp_path, check=False)
   assert proc.returncode != 0 and "missing" in proc.stderr.lower()
   assert not (tmp_path / "wd2" / "checkpoints").exists()
+
+
+def test_hdrvam_keras_weights_through_the_cli(tmp_path):
+  """An official-layout Keras .h5 (h5py only) -> convert -> load: the same network, logit head."""
+  from hdr_jax import engine
+  from test_vam import export_keras_h5, make, random_scene
+
+  source = make(seed=3)
+  weights = tmp_path / "HDR-VAM.h5"
+  export_keras_h5(source, weights)
+  wd = tmp_path / "vam"
+  _run(["-m", "hdr_jax.convert", "--from=hdrvam-keras", f"--weights={weights}", f"--workdir={wd}"], tmp_path)
+  config, eng, state, step = engine.load_from_workdir(wd)
+  assert step == 0 and config.model.name == "vam" and config.model.output_head == "logit"
+  frames, exposures = random_scene(1, 32, 48, seed=2)  # already 8-bit values
+  source.output_head = "logit"
+  want = np.power(np.asarray(source(frames, exposures, train=False)), 1 / 2.24)
+  got = eng.predict(state, np.round(frames * 255).astype(np.uint8), exposures)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
