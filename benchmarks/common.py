@@ -1,0 +1,235 @@
+"""Small helpers shared by the benchmarks: timing, device/version description, tables and JSON.
+
+Timing follows one rule everywhere: warm up first (compilation excluded), wait for the device after
+every timed repeat (``jax.block_until_ready`` or a given ``sync``), report the median of the repeats
+(per iteration) with min and max beside it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import statistics
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+_PACKAGES = ("jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda13-plugin", "flax", "optax", "numpy", "torch", "grain",
+             "tensorflow-datasets", "orbax-checkpoint", "opencv-python-headless")
+
+
+def time_repeats(fn, *, repeats: int, warmup: int = 1, iters: int = 1, sync=None) -> dict:
+  """Runs ``fn()`` ``warmup`` times, then ``repeats`` times ``iters`` calls; waits for the result of the
+  last call of each repeat (``sync(result)``, default ``jax.block_until_ready``) before reading the clock.
+  Returns seconds per call: ``median_s``, ``min_s``, ``max_s`` and every repeat's ``times_s``."""
+  if sync is None:
+    import jax
+
+    sync = jax.block_until_ready
+  for _ in range(warmup):
+    sync(fn())
+  times = []
+  for _ in range(max(1, repeats)):
+    start = time.perf_counter()
+    for _ in range(iters):
+      out = fn()
+    sync(out)
+    times.append((time.perf_counter() - start) / iters)
+  return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": len(times),
+          "iters": iters, "warmup": warmup, "times_s": times}
+
+
+def timed(fn, sync=None):
+  """``(result, seconds)`` of one call of ``fn()``, waiting for the result (compile + first run)."""
+  if sync is None:
+    import jax
+
+    sync = jax.block_until_ready
+  start = time.perf_counter()
+  out = fn()
+  sync(out)
+  return out, time.perf_counter() - start
+
+
+def versions() -> dict:
+  """Installed versions of the packages the benchmarks touch (read from metadata, nothing imported)."""
+  out = {"python": platform.python_version()}
+  for name in _PACKAGES:
+    try:
+      out[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      pass
+  return out
+
+
+def git_revision(root) -> str | None:
+  """``HEAD`` of the checkout at ``root`` (``+dirty`` when tracked files differ), or None outside git."""
+  try:
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                         timeout=10, check=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                           capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return rev + ("+dirty" if dirty else "")
+
+
+def device_info() -> dict:
+  """The JAX backend, its devices and the host (CPUs, platform)."""
+  import jax
+
+  devs = jax.devices()
+  info = {"platform": devs[0].platform, "device_kind": devs[0].device_kind, "device_count": len(devs),
+          "process_count": jax.process_count(), "cpus": os.cpu_count(), "host": platform.platform(),
+          "default_matmul_precision": str(jax.config.jax_default_matmul_precision)}
+  stats = memory_stats(devs[0])
+  if stats and "bytes_limit" in stats:
+    info["memory_bytes_limit"] = int(stats["bytes_limit"])
+  return info
+
+
+def memory_stats(device) -> dict | None:
+  """``device.memory_stats()`` where the backend provides it (GPU/TPU), else None."""
+  try:
+    return device.memory_stats() or None
+  except (AttributeError, NotImplementedError, RuntimeError):
+    return None
+
+
+def peak_bytes(device) -> int | None:
+  """The device allocator's high-water mark since process start (it cannot be reset), or None."""
+  stats = memory_stats(device)
+  return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
+
+
+def bytes_in_use(device) -> int | None:
+  stats = memory_stats(device)
+  return int(stats["bytes_in_use"]) if stats and "bytes_in_use" in stats else None
+
+
+def rss_bytes() -> int | None:
+  """This process's current resident memory (Linux ``/proc/self/statm``), or None elsewhere."""
+  try:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+  except (OSError, ValueError, IndexError):
+    return None
+
+
+class RssPeak:
+  """Context manager sampling the current resident memory every ``interval`` seconds in a thread:
+  ``growth`` = highest sample - resident memory at entry (host-side peak of what ran inside; short
+  spikes between samples can be missed)."""
+
+  def __init__(self, interval: float = 0.002):
+    self.interval = interval
+    self.start = self.peak = None
+    self._stop = threading.Event()
+
+  def _run(self):
+    while not self._stop.wait(self.interval):
+      self.peak = max(self.peak, rss_bytes())
+
+  def __enter__(self):
+    self.start = self.peak = rss_bytes()
+    if self.start is not None:
+      self._thread = threading.Thread(target=self._run, daemon=True)
+      self._thread.start()
+    return self
+
+  def __exit__(self, *exc):
+    if self.start is not None:
+      self._stop.set()
+      self._thread.join()
+      self.peak = max(self.peak, rss_bytes())
+
+  @property
+  def growth(self) -> int | None:
+    return None if self.start is None else self.peak - self.start
+
+
+def cost_flops(compiled) -> float | None:
+  """FLOPs from XLA's cost analysis of a compiled (or lowered) computation; None when unavailable."""
+  try:
+    ca = compiled.cost_analysis()
+  except Exception:  # noqa: BLE001 - backends differ in what they support
+    return None
+  if isinstance(ca, (list, tuple)):  # older jax: one dict per computation
+    ca = ca[0] if ca else None
+  if not ca or "flops" not in ca:
+    return None
+  return float(ca["flops"])
+
+
+def xla_memory(compiled) -> dict | None:
+  """XLA's static buffer sizes of a compiled computation (arguments, outputs, temporaries), in bytes."""
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # noqa: BLE001
+    return None
+  if m is None:
+    return None
+  keys = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes", "temp_size_in_bytes")
+  out = {k.removesuffix("_size_in_bytes"): int(getattr(m, k)) for k in keys if hasattr(m, k)}
+  if {"argument", "output", "alias", "temp"} <= out.keys():
+    out["total"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
+  return out
+
+
+def matmul_peak_tflops(dtype_name: str, n: int, repeats: int = 5, iters: int = 10) -> dict:
+  """The device's measured dense matmul rate: an ``n x n @ n x n`` product in ``dtype_name`` at JAX's
+  default precision (random operands), median of ``repeats``; TFLOP/s counting ``2 n^3`` per product."""
+  import jax
+  import jax.numpy as jnp
+
+  dtype = jnp.dtype(dtype_name)
+  ka, kb = jax.random.split(jax.random.key(0))
+  a = jax.random.normal(ka, (n, n), jnp.float32).astype(dtype)
+  b = jax.random.normal(kb, (n, n), jnp.float32).astype(dtype)
+  mm = jax.jit(lambda x, y: x @ y)
+  t = time_repeats(lambda: mm(a, b), repeats=repeats, warmup=2, iters=iters)
+  return {"dtype": dtype_name, "n": n, "tflops": 2 * n**3 / t["median_s"] / 1e12, "ms": 1e3 * t["median_s"]}
+
+
+def utc_now() -> str:
+  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def write_json(path, obj) -> Path:
+  """Writes ``obj`` as indented JSON atomically (a partial run never leaves a truncated file)."""
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+  tmp.write_text(json.dumps(obj, indent=2, default=str))
+  os.replace(tmp, path)
+  return path
+
+
+def fmt(value, spec: str = ".1f", missing: str = "-") -> str:
+  """``format(value, spec)``, or ``missing`` for None/NaN."""
+  if value is None or (isinstance(value, float) and value != value):
+    return missing
+  return format(value, spec)
+
+
+def fmt_bytes(n, missing: str = "-") -> str:
+  if n is None:
+    return missing
+  for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+    if abs(n) >= scale:
+      return f"{n / scale:.2f} {unit}"
+  return f"{n} B"
+
+
+def table(headers, rows) -> str:
+  """A plain text table: right-aligned columns (the first left-aligned), one header line and a rule."""
+  cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+  widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+
+  def line(r):
+    return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+
+  return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths).rstrip()] + [line(r) for r in cells[1:]])

@@ -1,0 +1,865 @@
+"""Model throughput: train step, full-frame inference, FLOPs/MFU and memory for each model and dtype.
+
+For every model (a config in ``configs/``) and dtype (``config.dtype``), in this one process:
+
+* train: the jitted train step of :class:`hdr_jax.engine.Engine` (the trainer's own step, batch placed
+  with ``engine.global_batch``) on a random uint8 batch of ``--batch`` x ``--patch``^2 crops; ms/step
+  is the median over ``--repeats`` repeats of ``--iters`` back-to-back steps, after the first call
+  (trace + compile + one step, reported as ``compile s`` = first call - one step) and ``--warmup`` steps;
+* infer: the engine's jitted predict on one ``(1, 3, H, W, 3)`` frame (default 1060x1900), device latency
+  (inputs on device) and end to end (``engine.predict``: host uint8 in, host HDR out), measured in a
+  fresh subprocess per model and dtype so that its peak device memory is its own (the allocator's
+  high-water mark cannot be reset; the train peaks are this process's high-water mark after each
+  train phase, shown as ``<=`` when an earlier phase set it); on CPU each phase reports the growth of
+  the host's resident memory over it (sampled; compilation included) instead, and every row also
+  carries XLA's static buffer sizes;
+* FLOPs per frame from XLA's compiled cost analysis of the engine's predict executable; per train
+  step the model FLOPs 3 x forward (XLA's cost analysis of the engine's predict traced at the train
+  batch), since XLA's count of the compiled train step (``flops_xla``, kept in the JSON and flagged
+  ``*`` when it differs by > 25 %) counts the kernel gradient of a depthwise convolution as a dense
+  convolution (C times too many: VAM's separable convolutions). MFU = FLOPs / time / peak, the peak
+  measured per dtype with a large matmul (``--peak_tflops=auto``) or given (``--peak_tflops=989`` or
+  ``--peak_tflops=float32=495,bfloat16=989``).
+
+``--torch``: the official PyTorch AHDRNet (tests/torch_ahdr_reference.py) on the same device (CUDA if
+available), eager, Adam + mu-law L1, same batch and frame: float32 with PyTorch's defaults (TF32 allowed
+in convolutions: ``cudnn.allow_tf32``) and bfloat16 ``torch.autocast``; ``cudnn.benchmark`` on unless
+``--no_torch_cudnn_benchmark`` (XLA autotunes its convolutions too). ``--torch_compile`` adds
+``torch.compile`` rows (skipped with the error recorded when it fails). JAX rows of ``ahdrnet`` show
+the speed ratio JAX/PyTorch = PyTorch time / JAX time (> 1: JAX faster).
+
+``--pipeline``: crops/s delivered by ``hdr_jax.data.make_train_iterator`` over a synthesised NTIRE folder
+(``--pipeline_height`` x ``--pipeline_width``; the prepared ArrayRecord source too when
+tensorflow_datasets is importable) for each ``--workers`` count, next to the fastest JAX train step's
+consumption (this run's, or ``--consumption_from=JSON``); target ratio >= 1.5.
+
+  python benchmarks/models.py                                          # GPU: all models, f32 + bf16
+  python benchmarks/models.py --batch=2 --patch=64 --height=64 --width=96 --repeats=2 --torch  # CPU check
+  python benchmarks/models.py --models= --pipeline --consumption_from=benchmarks/out/models.json
+  python benchmarks/models.py --summary=benchmarks/out/models.json     # print the tables of a JSON
+
+Writes JSON (``--json``, rewritten after every measurement so a killed run keeps what it measured) with
+the device, versions, date, settings, measured peaks and one row per (model, dtype, framework).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import importlib.util
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+# Before jax is imported (here or in a worker): grow the device pool on demand, so that the
+# inference subprocess finds memory and peak_bytes_in_use measures what was used.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
+
+import common  # noqa: E402
+
+GAMMA = 2.24
+MU = 5000.0
+_MARK = "@@MODELS_BENCH_RESULT@@ "
+PIPELINE_TARGET = 1.5
+
+
+class Terminated(Exception):
+  """SIGTERM (e.g. from ``timeout``): stop, keep what was measured."""
+
+
+def _on_sigterm(signum, frame):
+  raise Terminated(f"signal {signum}")
+
+
+def _error(e: BaseException) -> str:
+  tb = traceback.format_exception(type(e), e, e.__traceback__)
+  return f"{type(e).__name__}: {e}"[:2000] + "\n" + "".join(tb[-3:])[-2000:]
+
+
+# --------------------------------------------------------------------------------------------------
+# Inputs and configs
+# --------------------------------------------------------------------------------------------------
+
+
+def parse_sets(items) -> dict:
+  """``["model.polyphase=false"]`` -> ``{"model.polyphase": False}`` (JSON values where they parse)."""
+  out = {}
+  for item in items:
+    key, sep, value = item.partition("=")
+    if not sep:
+      raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+    try:
+      out[key] = json.loads(value)
+    except json.JSONDecodeError:
+      out[key] = value
+  return out
+
+
+def load_config(name: str, dtype: str, batch: int, patch: int, overrides: dict):
+  """``configs/<name>.py``'s config with ``dtype``, ``batch_size``, ``data.patch_size`` and ``--set``."""
+  from hdr_jax import engine as engine_lib
+
+  path = ROOT / "configs" / f"{name}.py"
+  if not path.is_file():
+    raise FileNotFoundError(f"--models={name}: no config {path}")
+  spec = importlib.util.spec_from_file_location(f"_bench_config_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.dtype = dtype
+  config.batch_size = batch
+  config.data.patch_size = patch
+  config.progress = False
+  return engine_lib.apply_overrides(config, overrides)
+
+
+def synthetic_batch(batch: int, size_hw: tuple[int, int], seed: int = 0) -> dict:
+  """Random uint8 frames (never zeros), exposures [-2, 0, 2] stops, gamma-domain targets in [0, 1.2)."""
+  rng = np.random.default_rng(seed)
+  h, w = size_hw
+  return {"frames": rng.integers(0, 256, (batch, 3, h, w, 3), dtype=np.uint8),
+          "exposures": np.tile(np.float32([-2.0, 0.0, 2.0]), (batch, 1)),
+          "gt": rng.uniform(0.0, 1.2, (batch, h, w, 3)).astype(np.float32)}
+
+
+def param_count(engine, state) -> int:
+  import jax
+
+  return int(sum(x.size for x in jax.tree.leaves(engine.task.param_state(engine.bundle(state)))))
+
+
+# --------------------------------------------------------------------------------------------------
+# JAX: train step (this process) and full-frame inference (a worker process)
+# --------------------------------------------------------------------------------------------------
+
+
+def jax_train(name: str, dtype: str, args, overrides: dict) -> dict:
+  import jax
+
+  from hdr_jax import engine as engine_lib
+
+  dev = jax.devices()[0]
+  peak_before = common.peak_bytes(dev)
+  config = load_config(name, dtype, args.batch, args.patch, overrides)
+  eng = engine_lib.Engine(config)
+  start = time.perf_counter()
+  state = jax.block_until_ready(eng.init_state(jax.random.key(config.seed)))
+  init_s = time.perf_counter() - start
+  n_params = param_count(eng, state)
+  batch = eng.global_batch(synthetic_batch(args.batch, (args.patch, args.patch)))
+  key = jax.random.key(1)
+  holder = {"state": state}
+  del state
+
+  def step():
+    holder["state"], metrics = eng.train_step(holder["state"], batch, key)
+    return metrics
+
+  def sync(metrics):
+    return jax.block_until_ready((holder["state"], metrics))
+
+  with common.RssPeak() as rss:
+    _, first_s = common.timed(step, sync)
+    lowered = eng._train.lower(holder["state"], batch, key)  # the engine's executable (compile cache hit)
+    compiled = lowered.compile()
+    t = common.time_repeats(step, repeats=args.repeats, warmup=args.warmup, iters=args.iters, sync=sync)
+    metrics = jax.device_get(step())
+  peak = common.peak_bytes(dev)
+  # The forward of the same batch, traced only (HLO cost analysis, nothing compiled): model FLOPs = 3 x forward.
+  fwd = eng._make_predict().lower(holder["state"], batch["frames"], batch["exposures"], key)
+  flops_fwd, flops_xla = common.cost_flops(fwd), common.cost_flops(compiled)
+  out = {"ms_per_step": 1e3 * t["median_s"], "steps_per_s": 1 / t["median_s"],
+         "crops_per_s": args.batch / t["median_s"], "min_ms": 1e3 * t["min_s"], "max_ms": 1e3 * t["max_s"],
+         "first_call_s": first_s,
+         "compile_s": max(0.0, first_s - t["median_s"]), "init_s": init_s, "timing": t,
+         "flops": 3 * flops_fwd if flops_fwd else flops_xla, "flops_forward": flops_fwd, "flops_xla": flops_xla,
+         "flops_xla_hlo": common.cost_flops(lowered),
+         "xla_memory": common.xla_memory(compiled), "peak_bytes": peak, "rss_growth_bytes": rss.growth,
+         "peak_set_here": None if peak is None else (peak_before is None or peak > peak_before),
+         "loss": float(metrics["loss"]), "finite": bool(np.isfinite(metrics["loss"]) and metrics["params_finite"] == 1),
+         "params": n_params, "batch": args.batch, "patch": args.patch}
+  del holder, batch, compiled, lowered, fwd
+  gc.collect()
+  return out
+
+
+def jax_infer(name: str, dtype: str, args, overrides: dict) -> dict:
+  import jax
+
+  from hdr_jax import engine as engine_lib
+
+  dev = jax.devices()[0]
+  config = load_config(name, dtype, args.batch, args.patch, overrides)
+  eng = engine_lib.Engine(config)
+  state = jax.block_until_ready(eng.init_state(jax.random.key(config.seed)))
+  n_params = param_count(eng, state)
+  frame = synthetic_batch(1, (args.height, args.width), seed=1)
+  frames, exposures = frame["frames"], frame["exposures"]
+  in_use0, peak0 = common.bytes_in_use(dev), common.peak_bytes(dev)
+  with common.RssPeak() as rss:
+    pred, first_s = common.timed(lambda: eng.predict(state, frames, exposures), sync=lambda x: x)
+    key = jax.random.key(config.seed)
+    f_dev = jax.device_put(frames, eng.data_sharding)
+    e_dev = jax.device_put(exposures, eng.data_sharding)
+    lowered = eng._predict.lower(state, f_dev, e_dev, key)  # the executable engine.predict just compiled
+    compiled = lowered.compile()
+    t = common.time_repeats(lambda: eng._predict(state, f_dev, e_dev, key), repeats=args.repeats, warmup=args.warmup)
+    e2e = common.time_repeats(lambda: eng.predict(state, frames, exposures), repeats=max(1, min(args.repeats, 5)),
+                              warmup=1, sync=lambda x: x)
+  peak = common.peak_bytes(dev)
+  return {"ms": 1e3 * t["median_s"], "min_ms": 1e3 * t["min_s"], "max_ms": 1e3 * t["max_s"],
+          "e2e_ms": 1e3 * e2e["median_s"], "first_call_s": first_s, "compile_s": max(0.0, first_s - e2e["median_s"]),
+          "timing": t, "flops": common.cost_flops(compiled) or common.cost_flops(lowered),
+          "flops_xla": common.cost_flops(compiled), "flops_xla_hlo": common.cost_flops(lowered),
+          "xla_memory": common.xla_memory(compiled), "peak_bytes": peak,
+          "peak_set_here": None if peak is None else (peak0 is None or peak > peak0),
+          "bytes_in_use_before": in_use0, "peak_bytes_before": peak0,
+          "rss_growth_bytes": rss.growth, "finite": bool(np.all(np.isfinite(pred))),
+          "output_shape": list(pred.shape), "params": n_params, "height": args.height, "width": args.width}
+
+
+def infer_subprocess(name: str, dtype: str, args, timeout: float) -> dict:
+  """:func:`jax_infer` in a fresh interpreter (its own device-memory high-water mark)."""
+  cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker=infer", f"--models={name}", f"--dtypes={dtype}",
+         f"--batch={args.batch}", f"--patch={args.patch}", f"--height={args.height}", f"--width={args.width}",
+         f"--repeats={args.repeats}", f"--warmup={args.warmup}", *[f"--set={s}" for s in args.set]]
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+  for line in proc.stdout.splitlines():
+    if line.startswith(_MARK):
+      result = json.loads(line[len(_MARK):])
+      if "error" in result:
+        raise RuntimeError(result["error"])
+      return result
+  raise RuntimeError(f"inference worker exited with {proc.returncode} and no result:\n{proc.stderr[-3000:]}")
+
+
+# --------------------------------------------------------------------------------------------------
+# PyTorch: the official AHDRNet
+# --------------------------------------------------------------------------------------------------
+
+
+def _torch_reference():
+  spec = importlib.util.spec_from_file_location("torch_ahdr_reference", ROOT / "tests" / "torch_ahdr_reference.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def torch_bench(dtype: str, args, variant: str) -> dict:
+  """Train step and full-frame inference of the official AHDRNet, ``variant`` 'eager' or 'compile'."""
+  import torch
+
+  ref = _torch_reference()
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  cuda = device == "cuda"
+  torch.backends.cudnn.benchmark = args.torch_cudnn_benchmark
+  torch.manual_seed(0)
+  model = ref.kaiming_init_(ref.AHDR()).to(device)
+  opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8)
+  net = torch.compile(model) if variant == "compile" else model
+
+  def sync(_=None):
+    if cuda:
+      torch.cuda.synchronize()
+
+  def autocast():
+    if dtype == "bfloat16":
+      return torch.autocast(device_type=device, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+  def forward(frames_u8, exposures):
+    """The project's regression interface on the official network: linear HDR (B, 3, H, W) float32."""
+    f = frames_u8.float() / 255.0  # (B, 3, H, W, 3)
+    ev = exposures - exposures[:, 1:2]
+    lin = f.clamp_min(0).pow(GAMMA) / torch.exp2(ev)[:, :, None, None, None]
+    x = torch.cat([f, lin], -1).permute(0, 1, 4, 2, 3)  # (B, 3, 6, H, W)
+    with autocast():
+      out = net(x[:, 0], x[:, 1], x[:, 2])
+    return out.float() * torch.exp2(-ev[:, 0])[:, None, None, None]
+
+  def mu(h):
+    return torch.log1p(MU * h) / math.log1p(MU)
+
+  batch = {k: torch.from_numpy(v).to(device) for k, v in synthetic_batch(args.batch, (args.patch, args.patch)).items()}
+  target = batch["gt"].clamp_min(0).pow(GAMMA).permute(0, 3, 1, 2)
+
+  def train_step():
+    opt.zero_grad(set_to_none=True)
+    loss = (mu(forward(batch["frames"], batch["exposures"])) - mu(target)).abs().mean()
+    loss.backward()
+    opt.step()
+    return loss
+
+  out = {"device": device, "variant": variant, "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+         "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
+         "matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+         "params": sum(p.numel() for n, p in model.named_parameters() if not n.startswith(("attConv1", "attConv3")))}
+  train, infer = {}, {}
+  out["train"], out["infer"] = train, infer
+  if cuda:
+    torch.cuda.reset_peak_memory_stats()
+  loss, first_s = common.timed(train_step, sync)
+  t = common.time_repeats(train_step, repeats=args.repeats, warmup=args.warmup, iters=args.iters, sync=sync)
+  loss = float(train_step().detach())
+  train.update(ms_per_step=1e3 * t["median_s"], steps_per_s=1 / t["median_s"], crops_per_s=args.batch / t["median_s"],
+               min_ms=1e3 * t["min_s"], max_ms=1e3 * t["max_s"], first_call_s=first_s,
+               compile_s=max(0.0, first_s - t["median_s"]), timing=t, loss=loss, finite=math.isfinite(loss),
+               peak_bytes=torch.cuda.max_memory_allocated() if cuda else None)
+  if variant == "eager":
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+      train_step()
+    sync()
+    train["flops_counter"] = float(counter.get_total_flops())
+
+  frame = {k: torch.from_numpy(v).to(device) for k, v in synthetic_batch(1, (args.height, args.width), seed=1).items()}
+
+  @torch.inference_mode()
+  def predict():
+    return forward(frame["frames"], frame["exposures"]).clamp_min(0).pow(1 / GAMMA)
+
+  del batch, target
+  opt.zero_grad(set_to_none=True)
+  if cuda:
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+  pred, first_s = common.timed(predict, sync)
+  t = common.time_repeats(predict, repeats=args.repeats, warmup=args.warmup, sync=sync)
+  infer.update(ms=1e3 * t["median_s"], min_ms=1e3 * t["min_s"], max_ms=1e3 * t["max_s"], first_call_s=first_s,
+               compile_s=max(0.0, first_s - t["median_s"]), timing=t, finite=bool(torch.isfinite(pred).all()),
+               peak_bytes=torch.cuda.max_memory_allocated() if cuda else None, height=args.height, width=args.width)
+  if variant == "eager":
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+      predict()
+    sync()
+    infer["flops_counter"] = float(counter.get_total_flops())
+  del model, net, opt, frame, pred
+  gc.collect()
+  if cuda:
+    torch.cuda.empty_cache()
+  return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Input pipeline
+# --------------------------------------------------------------------------------------------------
+
+
+def _synthesize(folder: Path, scenes: int, height: int, width: int) -> None:
+  """Scenes in parallel processes (one scene per task; identical to a sequential ``synthesize_folder``)."""
+  import concurrent.futures
+  import multiprocessing
+
+  from hdr_jax import synthesize
+
+  procs = max(1, min(scenes, os.cpu_count() or 1))
+  if procs == 1:
+    synthesize.synthesize_folder(folder, scenes, height, width, seed=0, verbose=False)
+    return
+  with concurrent.futures.ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    jobs = [pool.submit(synthesize.synthesize_folder, folder, 1, height, width, seed=0, start_index=i, verbose=False)
+            for i in range(scenes)]
+    for job in jobs:
+      job.result()
+
+
+def _delivered(source, args, workers: int, crops: int) -> dict:
+  """Steady-state crops/s of the training iterator: the first ``max(2, workers)`` batches (worker
+  start-up, the first burst) untimed, then at least three batches per worker timed."""
+  from hdr_jax import data
+
+  batches = max(args.pipeline_batches, 3 * workers)
+  start = time.perf_counter()
+  it = data.make_train_iterator(source, patch_size=args.patch, global_batch_size=args.batch, seed=0,
+                                num_workers=workers, num_threads=args.threads, prefetch=args.prefetch,
+                                crops_per_scene=crops)
+  try:
+    for _ in range(max(2, workers)):
+      next(it)
+    startup = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(batches):
+      next(it)
+    elapsed = time.perf_counter() - start
+  finally:
+    close = getattr(it, "close", None)
+    if close:
+      close()
+  return {"workers": workers, "crops_per_scene": crops, "threads": args.threads, "batches": batches,
+          "crops_per_s": batches * args.batch / elapsed, "ms_per_batch": 1e3 * elapsed / batches,
+          "startup_s": startup}
+
+
+def pipeline_check(args, consumption: dict | None, report: dict, save) -> None:
+  import shutil
+
+  from hdr_jax import data
+
+  result = {"height": args.pipeline_height, "width": args.pipeline_width, "scenes": args.pipeline_scenes,
+            "consumption": consumption, "rows": [], "target_ratio": PIPELINE_TARGET}
+  report["pipeline"] = result
+  workdir = Path(tempfile.mkdtemp(prefix="hdr_models_bench_"))
+  try:
+    folder = workdir / "ntire"
+    start = time.perf_counter()
+    _synthesize(folder, args.pipeline_scenes, args.pipeline_height, args.pipeline_width)
+    result["synthesize_s"] = time.perf_counter() - start
+    sources = []
+    if importlib.util.find_spec("tensorflow_datasets") is not None:
+      from hdr_jax import tfds_ntire
+
+      start = time.perf_counter()
+      version_dir = tfds_ntire.prepare(folder, workdir / "tfds")
+      result["prepare_s"] = time.perf_counter() - start
+      sources.append(("prepared/array_record", data.PreparedSource(version_dir, "train", backend="array_record")))
+    else:
+      result["prepared"] = "skipped: tensorflow_datasets is not importable (PNG source only)"
+    sources.append(("png", data.NtireSource(folder, decode=False)))
+    for crops in _ints(args.crops_per_scene):
+      for source_name, source in sources:
+        for workers in _workers(args.workers):
+          try:
+            row = {"source": source_name, **_delivered(source, args, workers, crops)}
+          except Exception as e:  # noqa: BLE001 - one failing configuration must not end the check
+            row = {"source": source_name, "workers": workers, "crops_per_scene": crops, "error": _error(e)}
+          gc.collect()
+          result["rows"].append(row)
+          what = f"pipeline {source_name:22s} crops/scene={crops} workers={workers:2d}"
+          if "error" in row:
+            print(f"{what}: FAILED {row['error'].splitlines()[0]}", flush=True)
+          else:
+            print(f"{what}  {row['crops_per_s']:8.1f} crops/s  (start-up {row['startup_s']:.1f} s)", flush=True)
+          save()
+  finally:
+    shutil.rmtree(workdir, ignore_errors=True)
+  # Per crops_per_scene (a training setting: > 1 cuts several patches from each scene read).
+  result["best"] = {}
+  for r in result["rows"]:
+    best = result["best"].get(str(r["crops_per_scene"]))
+    if "error" not in r and (best is None or r["crops_per_s"] > best["crops_per_s"]):
+      result["best"][str(r["crops_per_scene"])] = r
+  if consumption:
+    result["ratio"] = {c: b["crops_per_s"] / consumption["crops_per_s"] for c, b in result["best"].items()}
+
+
+def _ints(text: str) -> list[int]:
+  return [int(x) for x in str(text).split(",") if x.strip()]
+
+
+def _workers(text: str) -> list[int]:
+  if str(text) == "auto":
+    return [max(0, min(14, (os.cpu_count() or 1) - 2))]
+  return _ints(text)
+
+
+def fastest_consumer(rows) -> dict | None:
+  """The JAX train row with the highest crops/s: ``{model, dtype, crops_per_s, ms_per_step}``."""
+  best = None
+  for r in rows:
+    tr = r.get("train") or {}
+    if r["framework"] == "jax" and tr.get("crops_per_s") and (best is None or tr["crops_per_s"] > best["crops_per_s"]):
+      best = {"model": r["model"], "dtype": r["dtype"], "crops_per_s": tr["crops_per_s"],
+              "ms_per_step": tr["ms_per_step"], "batch": tr.get("batch")}
+  return best
+
+
+# --------------------------------------------------------------------------------------------------
+# Peaks, MFU, ratios
+# --------------------------------------------------------------------------------------------------
+
+
+def resolve_peaks(spec: str, dtypes, platform: str, n: int | None) -> dict:
+  """``{dtype: {"tflops", "source", ...}}`` from ``--peak_tflops`` (auto | none | X | dtype=X,...)."""
+  spec = str(spec).strip().lower()
+  if spec in ("", "none", "0"):
+    return {}
+  if spec == "auto":
+    size = n or (1024 if platform == "cpu" else 8192)
+    peaks = {}
+    for d in dtypes:
+      try:
+        peaks[d] = {**common.matmul_peak_tflops(d, size), "source": "measured"}
+        print(f"matmul peak {d}: {peaks[d]['tflops']:.3g} TFLOP/s ({size}^3, {peaks[d]['ms']:.2f} ms)", flush=True)
+      except Exception as e:  # noqa: BLE001
+        peaks[d] = {"tflops": None, "source": "measured", "error": _error(e)}
+    return peaks
+  if "=" in spec:
+    pairs = dict(item.split("=", 1) for item in spec.split(","))
+    return {d: {"tflops": float(v), "source": "given"} for d, v in pairs.items()}
+  return {d: {"tflops": float(spec), "source": "given"} for d in dtypes}
+
+
+def add_derived(rows, peaks: dict) -> None:
+  """MFU per phase, and on JAX rows the PyTorch/JAX time ratios for the same model and dtype."""
+  for r in rows:
+    peak = (peaks.get(r["dtype"]) or {}).get("tflops")
+    for phase, ms_key in (("train", "ms_per_step"), ("infer", "ms")):
+      p = r.get(phase) or {}
+      flops = p.get("flops") or p.get("flops_counter")
+      p.pop("mfu", None)
+      if peak and flops and p.get(ms_key):
+        p["mfu"] = flops / (p[ms_key] / 1e3) / (peak * 1e12)
+  for r in rows:
+    if r["framework"] != "jax" or r.get("model_name") != "ahdrnet":
+      continue
+    r["vs_torch"] = {}
+    for t in rows:
+      if t["framework"] == "torch" and t["dtype"] == r["dtype"]:
+        ratio = {}
+        for phase, ms_key in (("train", "ms_per_step"), ("infer", "ms")):
+          a, b = (r.get(phase) or {}).get(ms_key), (t.get(phase) or {}).get(ms_key)
+          if a and b:
+            ratio[phase] = b / a
+        r["vs_torch"][t["variant"]] = ratio
+
+
+# --------------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------------
+
+_DT = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
+
+
+def _mem(phase: dict, platform: str | None) -> str:
+  peak = phase.get("peak_bytes")
+  if peak is not None:
+    return ("<=" if phase.get("peak_set_here") is False else "") + common.fmt_bytes(peak)
+  if phase.get("rss_growth_bytes") is not None and platform == "cpu":
+    return "rss+" + common.fmt_bytes(phase["rss_growth_bytes"])
+  xla = phase.get("xla_memory") or {}
+  return "~" + common.fmt_bytes(xla["total"]) if "total" in xla else "-"
+
+
+def _ratio(r: dict) -> str:
+  parts = []
+  for variant, ratio in (r.get("vs_torch") or {}).items():
+    if not ratio:
+      continue
+    tag = "" if variant == "eager" else "c:"
+    parts.append(f"{tag}{common.fmt(ratio.get('train'), '.2f')}/{common.fmt(ratio.get('infer'), '.2f')}")
+  return " ".join(parts) or "-"
+
+
+def format_report(report: dict) -> str:
+  s = report.get("settings", {})
+  dev = report.get("device", {})
+  lines = [f"device: {dev.get('device_kind')} ({dev.get('platform')}, {dev.get('device_count')} device(s), "
+           f"{dev.get('cpus')} CPUs); jax {report.get('versions', {}).get('jax')}, torch "
+           f"{report.get('versions', {}).get('torch', '-')}; {report.get('date')}"]
+  peaks = report.get("peaks") or {}
+  if peaks:
+    lines.append("peak for MFU: " + ", ".join(
+        f"{d} {common.fmt(p.get('tflops'), '.3g')} TFLOP/s ({p.get('source')})" for d, p in peaks.items()))
+  rows = report.get("rows") or []
+  if rows:
+    lines.append(f"train: batch {s.get('batch')} x {s.get('patch')}x{s.get('patch')}; frame: "
+                 f"{s.get('height')}x{s.get('width')}; median of {s.get('repeats')} repeats")
+    table_rows = []
+    for r in rows:
+      tr, inf = r.get("train") or {}, r.get("infer") or {}
+      fw = r["framework"] + ("" if r.get("variant") in (None, "jit", "eager") else f"/{r['variant']}")
+      table_rows.append([
+          r["model"], _DT.get(r["dtype"], r["dtype"]), fw,
+          common.fmt(tr.get("ms_per_step"), ".2f"), common.fmt(tr.get("steps_per_s"), ".2f"),
+          common.fmt(tr.get("crops_per_s")),
+          common.fmt(tr.get("compile_s")), _gflop_cell(tr), common.fmt(_pct(tr.get("mfu"))),
+          common.fmt(inf.get("ms"), ".2f"), common.fmt(inf.get("compile_s")), _gflop_cell(inf),
+          common.fmt(_pct(inf.get("mfu"))), _mem(tr, report.get("device", {}).get("platform")) if tr else "-",
+          _mem(inf, report.get("device", {}).get("platform")) if inf else "-", _ratio(r),
+          _state(r)])
+    lines.append(common.table(
+        ["model", "dtype", "fw", "ms/step", "steps/s", "crops/s", "compile s", "GFLOP/step", "MFU %", "frame ms", "compile s",
+         "GFLOP/frame", "MFU %", "train mem", "frame mem", "JAX/PT speed train/frame", ""], table_rows))
+    lines += [
+        "compile s: first call - one call (JAX: trace + XLA compile; torch: cuDNN autotuning, torch.compile).",
+        "GFLOP/step: 3 x forward; GFLOP/frame: XLA's compiled count (*: XLA's counts flops_xla/flops_xla_hlo in the "
+        "JSON differ); torch: FlopCounterMode (convs/matmuls only).",
+        "mem: device peak ('<=': the process high-water mark, set by an earlier phase); rss+: host resident-memory "
+        "growth over the phase, compilation included; ~: XLA's static estimate.",
+        "JAX/PT speed: JAX throughput / PyTorch throughput = PyTorch time / JAX time (> 1: JAX faster; "
+        "c: vs torch.compile)."]
+    for r in rows:
+      for phase, err in (r.get("errors") or {}).items():
+        tag = "SKIPPED" if err.startswith("skipped") else "FAILED"
+        lines.append(f"{tag} {r['model']} {r['dtype']} {r['framework']}/{r['variant']} {phase}: {err.splitlines()[0]}")
+  p = report.get("pipeline")
+  if p:
+    lines.append(f"input pipeline ({p.get('scenes')} synthesised scenes {p.get('height')}x{p.get('width')}, "
+                 f"batch {s.get('batch')} x {s.get('patch')}^2):")
+    for row in p.get("rows", []):
+      if "error" in row:
+        lines.append(f"  {row['source']:22s} crops/scene={row['crops_per_scene']} workers={row['workers']}: FAILED")
+      else:
+        lines.append(f"  {row['source']:22s} crops/scene={row['crops_per_scene']} workers={row['workers']:2d}: "
+                     f"{row['crops_per_s']:8.1f} crops/s")
+    if p.get("prepared"):
+      lines.append(f"  prepared source {p['prepared']}")
+    c = p.get("consumption")
+    if c:
+      lines.append(f"  fastest train step: {c['model']} {c['dtype']} consumes {c['crops_per_s']:.1f} crops/s")
+    for crops, best in (p.get("best") or {}).items():
+      ratio = (p.get("ratio") or {}).get(crops)
+      verdict = "" if ratio is None else (f" = {ratio:.2f}x the consumption (target >= {PIPELINE_TARGET}x: "
+                                          f"{'met' if ratio >= PIPELINE_TARGET else 'NOT met'})")
+      lines.append(f"  crops/scene={crops}: best {best['crops_per_s']:.1f} crops/s ({best['source']}, "
+                   f"{best['workers']} workers){verdict}")
+  for f in report.get("failures") or []:
+    lines.append(("SKIPPED " if "skipped" in f.split("\n")[0] else "FAILED ") + f.splitlines()[0])
+  return "\n".join(lines)
+
+
+def _state(r: dict) -> str:
+  errors = list((r.get("errors") or {}).values())
+  if any(not e.startswith("skipped") for e in errors):
+    return "FAILED"
+  if errors:
+    return "skipped"
+  return "" if _finite(r) else "NaN!"
+
+
+def failed(report: dict) -> bool:
+  """Whether a measurement failed (skips for the deadline are not failures)."""
+  return any(_state(r) in ("FAILED", "NaN!") for r in report.get("rows", [])) or any(
+      "skipped" not in f.split("\n")[0] for f in report.get("failures", []))
+
+
+def _gflop(phase: dict):
+  flops = phase.get("flops") or phase.get("flops_counter")
+  return None if not flops else flops / 1e9
+
+
+def _gflop_cell(phase: dict) -> str:
+  """GFLOP, with ``*`` when XLA's count of the executable (compiled or not) differs by more than 25 %."""
+  g = _gflop(phase)
+  other = [phase.get(k) for k in ("flops_xla", "flops_xla_hlo") if phase.get(k)]
+  flag = "*" if g and any(abs(x / 1e9 / g - 1) > 0.25 for x in other) else ""
+  return common.fmt(g, ".1f") + flag
+
+
+def _pct(x):
+  return None if x is None else 100 * x
+
+
+def _finite(r: dict) -> bool:
+  return all((r.get(p) or {}).get("finite", True) for p in ("train", "infer"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--models", default="ahdrnet,vam,vam_drdb", help="configs/<name>.py, comma-separated")
+  p.add_argument("--dtypes", default="float32,bfloat16")
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--patch", type=int, default=256)
+  p.add_argument("--height", type=int, default=1060, help="full-frame inference height")
+  p.add_argument("--width", type=int, default=1900)
+  p.add_argument("--repeats", type=int, default=10, help="timed repeats (median reported)")
+  p.add_argument("--iters", type=int, default=5, help="back-to-back train steps per timed repeat")
+  p.add_argument("--warmup", type=int, default=2, help="untimed calls after the first (compiling) one")
+  p.add_argument("--phases", default="train,infer", help="train and/or infer")
+  p.add_argument("--inference", choices=("subprocess", "inprocess"), default="subprocess",
+                 help="where full-frame inference runs (subprocess: its own memory high-water mark)")
+  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                 help="config override for every model, e.g. --set=model.polyphase=false")
+  p.add_argument("--torch", action="store_true", help="also the official PyTorch AHDRNet")
+  p.add_argument("--torch_compile", action="store_true", help="also torch.compile (with --torch)")
+  p.add_argument("--no_torch_cudnn_benchmark", dest="torch_cudnn_benchmark", action="store_false")
+  p.add_argument("--peak_tflops", default="auto", help="auto (measured matmul) | none | X | float32=X,bfloat16=Y")
+  p.add_argument("--peak_n", type=int, default=None, help="matmul size for --peak_tflops=auto (CPU 1024, else 8192)")
+  p.add_argument("--pipeline", action="store_true", help="also the input pipeline's delivered rate")
+  p.add_argument("--pipeline_height", type=int, default=1060)
+  p.add_argument("--pipeline_width", type=int, default=1900)
+  p.add_argument("--pipeline_scenes", type=int, default=16)
+  p.add_argument("--pipeline_batches", type=int, default=24, help="timed batches (at least 3 per worker)")
+  p.add_argument("--workers", default="auto", help="grain worker processes, comma-separated (auto: CPUs - 2, <= 14)")
+  p.add_argument("--crops_per_scene", default="1", help="comma-separated patches per scene read")
+  p.add_argument("--threads", type=int, default=4, help="reader threads per process (the trainer's 4)")
+  p.add_argument("--prefetch", type=int, default=4, help="buffered batches per worker (the trainer's 4)")
+  p.add_argument("--consumption_from", default=None, help="models JSON giving the train rate (runs without models)")
+  p.add_argument("--deadline_s", type=float, default=0, help="start no new measurement after this many seconds")
+  p.add_argument("--child_timeout", type=float, default=600, help="seconds for one inference subprocess")
+  p.add_argument("--json", default=str(ROOT / "benchmarks" / "out" / "models.json"))
+  p.add_argument("--summary", default=None, help="print the tables of these JSON files (comma-separated) and exit")
+  p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
+  return p.parse_args(argv)
+
+
+def _worker_main(args) -> int:
+  try:
+    result = jax_infer(args.models, args.dtypes, args, parse_sets(args.set))
+  except Exception as e:  # noqa: BLE001 - reported to the parent
+    result = {"error": _error(e)}
+  print(_MARK + json.dumps(result, default=float), flush=True)
+  return 0
+
+
+def main(argv=None) -> dict | None:
+  args = parse_args(argv)
+  if args.summary:
+    for path in args.summary.split(","):
+      print(format_report(json.loads(Path(path).read_text())))
+    return None
+  if args._worker == "infer":
+    sys.exit(_worker_main(args))
+  signal.signal(signal.SIGTERM, _on_sigterm)
+  t0 = time.perf_counter()
+
+  import jax
+
+  models = [m for m in args.models.split(",") if m]
+  dtypes = [d for d in args.dtypes.split(",") if d]
+  phases = set(args.phases.split(","))
+  overrides = parse_sets(args.set)
+  device = common.device_info()
+  report = {"date": common.utc_now(), "device": device, "versions": common.versions(),
+            "git": common.git_revision(ROOT),
+            "settings": {k: v for k, v in vars(args).items() if k not in ("_worker", "summary")},
+            "env": {k: os.environ.get(k) for k in ("XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_FLAGS") if os.environ.get(k)},
+            "peaks": {}, "rows": [], "failures": []}
+
+  def save():
+    common.write_json(args.json, report)
+
+  def over_deadline() -> bool:
+    return bool(args.deadline_s) and time.perf_counter() - t0 > args.deadline_s
+
+  def remaining() -> float:
+    if not args.deadline_s:
+      return args.child_timeout
+    return max(30.0, min(args.child_timeout, args.deadline_s - (time.perf_counter() - t0) + 60))
+
+  print(f"{device['device_kind']} ({device['platform']}), jax {jax.__version__}; "
+        f"models {models}, dtypes {dtypes}, batch {args.batch} x {args.patch}^2, frame {args.height}x{args.width}",
+        flush=True)
+  try:
+    if models:
+      report["peaks"] = resolve_peaks(args.peak_tflops, dtypes, device["platform"], args.peak_n)
+      save()
+    torch_done = False
+    for name in models:
+      for dtype in dtypes:
+        row = {"model": name, "dtype": dtype, "framework": "jax", "variant": "jit", "errors": {}}
+        try:
+          row["model_name"] = load_config(name, dtype, args.batch, args.patch, overrides).model.name
+        except Exception as e:  # noqa: BLE001
+          row["errors"]["config"] = _error(e)
+        report["rows"].append(row)
+        for phase in ("train", "infer"):
+          if phase not in phases or row["errors"].get("config"):
+            continue
+          if over_deadline():
+            row["errors"][phase] = "skipped: --deadline_s reached"
+            continue
+          try:
+            if phase == "train":
+              row["train"] = jax_train(name, dtype, args, overrides)
+              tr = row["train"]
+              print(f"{name} {dtype} train: {tr['ms_per_step']:.2f} ms/step, {tr['crops_per_s']:.1f} crops/s "
+                    f"(compile {tr['compile_s']:.1f} s), {common.fmt(_gflop(tr))} GFLOP/step", flush=True)
+            elif args.inference == "subprocess":
+              row["infer"] = infer_subprocess(name, dtype, args, remaining())
+            else:
+              row["infer"] = jax_infer(name, dtype, args, overrides)  # peak: this process's high-water mark
+            if phase == "infer":
+              inf = row["infer"]
+              print(f"{name} {dtype} infer {args.height}x{args.width}: {inf['ms']:.2f} ms "
+                    f"(end to end {inf['e2e_ms']:.2f} ms, compile {inf['compile_s']:.1f} s), "
+                    f"{common.fmt(_gflop(inf))} GFLOP", flush=True)
+          except Terminated:
+            row["errors"][phase] = "terminated while running"
+            raise
+          except Exception as e:  # noqa: BLE001 - record, go on with the next measurement
+            row["errors"][phase] = _error(e)
+            print(f"{name} {dtype} {phase}: FAILED {row['errors'][phase].splitlines()[0]}", flush=True)
+          add_derived(report["rows"], report["peaks"])
+          save()
+      if args.torch and not torch_done and row.get("model_name") == "ahdrnet":
+        run_torch(args, dtypes, report, save, over_deadline)
+        torch_done = True
+    if args.torch and not torch_done:
+      run_torch(args, dtypes, report, save, over_deadline)
+    if args.pipeline:
+      consumption = fastest_consumer(report["rows"])
+      if consumption is None and args.consumption_from:
+        consumption = fastest_consumer(json.loads(Path(args.consumption_from).read_text()).get("rows", []))
+      if over_deadline():
+        report["failures"].append("pipeline: skipped: --deadline_s reached")
+      else:
+        try:
+          pipeline_check(args, consumption, report, save)
+        except Terminated:
+          raise
+        except Exception as e:  # noqa: BLE001
+          report["failures"].append(f"pipeline: {_error(e)}")
+  except Terminated as e:
+    report["failures"].append(f"terminated ({e}) after {time.perf_counter() - t0:.0f} s; later measurements missing")
+  add_derived(report["rows"], report["peaks"])
+  report["wall_s"] = time.perf_counter() - t0
+  save()
+  print("\n" + format_report(report))
+  print(f"\nwrote {args.json}")
+  return report
+
+
+def run_torch(args, dtypes, report: dict, save, over_deadline) -> None:
+  """PyTorch rows for each dtype (eager, and torch.compile with ``--torch_compile``)."""
+  if importlib.util.find_spec("torch") is None:
+    report["failures"].append("torch: skipped: torch is not importable")
+    return
+  import jax
+  import torch
+
+  if jax.devices()[0].platform == "gpu" and not torch.cuda.is_available():
+    report["failures"].append("torch: skipped: JAX runs on the GPU but this torch build has no CUDA")
+    return
+  variants = ["eager"] + (["compile"] if args.torch_compile else [])
+  counts = {}  # (dtype, phase) -> the eager FlopCounterMode count, for the torch.compile rows
+  for variant in variants:
+    for dtype in dtypes:
+      row = {"model": "ahdrnet", "model_name": "ahdrnet", "dtype": dtype, "framework": "torch", "variant": variant,
+             "errors": {}}
+      report["rows"].append(row)
+      if over_deadline():
+        row["errors"]["train"] = "skipped: --deadline_s reached"
+        continue
+      try:
+        out = torch_bench(dtype, args, variant)
+        row.update(train=out.pop("train"), infer=out.pop("infer"), torch=out)
+        for phase in ("train", "infer"):
+          counted = counts.setdefault((dtype, phase), row[phase].get("flops_counter"))
+          row[phase].setdefault("flops_counter", counted)
+        print(f"torch/{variant} ahdrnet {dtype}: train {row['train']['ms_per_step']:.2f} ms/step, "
+              f"frame {row['infer']['ms']:.2f} ms ({out['device']})", flush=True)
+      except Terminated:
+        row["errors"]["torch"] = "terminated while running"
+        raise
+      except Exception as e:  # noqa: BLE001 - e.g. torch.compile without a working compiler
+        row["errors"]["torch"] = _error(e)
+        print(f"torch/{variant} ahdrnet {dtype}: FAILED {row['errors']['torch'].splitlines()[0]}", flush=True)
+      add_derived(report["rows"], report["peaks"])
+      save()
+
+
+if __name__ == "__main__":
+  result = main()
+  sys.exit(1 if result is not None and failed(result) else 0)
