@@ -9,7 +9,6 @@ the run's config so ``evaluate``/``predict`` can rebuild the model from a workdi
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import jax
 import ml_collections
@@ -24,11 +23,11 @@ CONFIG_FILE = "config.json"
 
 def save_config(workdir, config) -> None:
   if jax.process_index() == 0:
-    hio.atomic_write_bytes(Path(workdir) / CONFIG_FILE, config.to_json_best_effort(indent=2).encode())
+    hio.atomic_write_bytes(hio.workdir_path(workdir) / CONFIG_FILE, config.to_json_best_effort(indent=2).encode())
 
 
 def load_config(workdir) -> ml_collections.ConfigDict:
-  path = Path(workdir) / CONFIG_FILE
+  path = hio.workdir_path(workdir) / CONFIG_FILE
   if not path.is_file():
     raise hio.DataError(path, "file is missing: not a hdr_jax workdir (train or convert writes it)")
   try:
@@ -49,7 +48,7 @@ class Checkpoints:
   """Save/restore ``(state, meta, data iterator)`` per step."""
 
   def __init__(self, workdir, keep: int = 3, best_metric: str = "psnr_mu", read_only: bool = False):
-    self.directory = Path(workdir).absolute() / "checkpoints"
+    self.directory = hio.workdir_path(workdir) / "checkpoints"
     self.best_metric = best_metric
     policy = ocp.checkpoint_managers.AnyPreservationPolicy([
         ocp.checkpoint_managers.LatestN(n=keep),

@@ -9,6 +9,7 @@ along ``data``; parameters and optimiser state are replicated. Every function is
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -29,7 +30,11 @@ _MULTIPROCESS_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "MEGASCAL
 
 def maybe_initialize_distributed(mode: str = "auto") -> None:
   """``jax.distributed.initialize()`` when asked (``true``) or when a multi-process environment is
-  detected (``auto``: coordinator address, TPU pod worker list, SLURM or Open MPI variables)."""
+  detected (``auto``: coordinator address, TPU pod worker list, SLURM or Open MPI variables).
+
+  JAX finds the processes of a Cloud TPU pod, SLURM or Open MPI job itself and reads
+  ``JAX_COORDINATOR_ADDRESS``; for a manual launch ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` give
+  the process count and index (JAX does not read these two from the environment)."""
   mode = str(mode).lower()
   if mode in ("false", "0", "no", "off"):
     return
@@ -43,7 +48,14 @@ def maybe_initialize_distributed(mode: str = "auto") -> None:
       return
   if jax.distributed.is_initialized():
     return
-  jax.distributed.initialize()
+  kwargs = {}
+  for var, arg in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
+    if os.environ.get(var):
+      try:
+        kwargs[arg] = int(os.environ[var])
+      except ValueError:
+        raise ValueError(f"{var}={os.environ[var]!r}: expected an integer") from None
+  jax.distributed.initialize(**kwargs)
 
 
 def parse_overrides(items) -> dict:
@@ -115,7 +127,10 @@ class Engine:
     # Built abstractly, then initialised in one compiled program directly into its sharding (eager
     # construction compiles one small program per distinct parameter shape, which is slow).
     self.graphdef, _ = nnx.split(nnx.eval_shape(lambda: self.task.create(key)))
-    return jax.jit(lambda k: nnx.state(self.task.create(k)), out_shardings=self.replicated)(key)
+    # Non-partitionable threefry: XLA compiles this program ~3.5x faster on CPU (the state is
+    # replicated, so partitionable random bits buy nothing here).
+    with jax.threefry_partitionable(False):
+      return jax.jit(lambda k: nnx.state(self.task.create(k)), out_shardings=self.replicated)(key)
 
   def bundle(self, state):
     return nnx.merge(self.graphdef, state)

@@ -47,11 +47,11 @@ def run(workdir, data=None, step="latest", max_scenes=0, json_path=None, overrid
   if max_scenes:
     scenes = scenes[:max_scenes]
   means, rows = engine_lib.evaluate_scenes(engine, state, scenes, key=jax.random.key(config.seed))
-  result = {"workdir": str(Path(workdir).absolute()), "step": chosen, "data": str(folder.absolute()),
+  result = {"workdir": str(hio.workdir_path(workdir)), "step": chosen, "data": str(folder.absolute()),
             "model": config.model.name, "mean": means, "scenes": rows}
   if jax.process_index() == 0:
     print(format_table(rows, means))
-    out = Path(json_path) if json_path else Path(workdir) / f"eval_{chosen}.json"
+    out = hio.workdir_path(json_path) if json_path else hio.workdir_path(workdir) / f"eval_{chosen}.json"
     hio.atomic_write_bytes(out, json.dumps(result, indent=2).encode())
     print(f"wrote {out}")
   return result

@@ -47,8 +47,28 @@ def _default_file_mode() -> int:
   return 0o666 & ~mask
 
 
+def is_remote(path) -> bool:
+  """True for object-store URLs (``gs://bucket/...``, ``s3://...``)."""
+  return "://" in str(path)
+
+
+def workdir_path(path):
+  """A workdir as a path object: ``etils.epath.Path`` for ``gs://``/``s3://`` URLs (read and written
+  through fsspec, e.g. gcsfs), else an absolute ``pathlib.Path``. (``pathlib`` would turn
+  ``gs://bucket/run`` into the local folder ``gs:/bucket/run``.)"""
+  if is_remote(path):
+    from etils import epath
+
+    return epath.Path(str(path))
+  return Path(path).absolute()
+
+
 def atomic_write_bytes(path, data: bytes) -> None:
-  """Writes ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+  """Writes ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``; on an
+  object store (``is_remote``) the upload itself is atomic (an object appears only when complete)."""
+  if is_remote(path):
+    workdir_path(path).write_bytes(data)
+    return
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

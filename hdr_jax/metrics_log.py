@@ -1,6 +1,8 @@
 """Run logging: a JSON-lines log, TensorBoard event files (tensorboardX, no TensorFlow) and images.
 
-Only process 0 writes; other processes get a writer that does nothing.
+Only process 0 writes; other processes get a writer that does nothing. In a ``gs://`` workdir (object
+stores cannot append) ``metrics.jsonl`` is uploaded whole at most every ``upload_every`` seconds and
+at every ``flush``; tensorboardX writes ``gs://`` itself (it needs ``google-cloud-storage``).
 """
 
 from __future__ import annotations
@@ -18,14 +20,21 @@ from hdr_jax import io as hio
 
 class MetricWriter:
 
-  def __init__(self, workdir, enabled: bool | None = None):
+  def __init__(self, workdir, enabled: bool | None = None, upload_every: float = 60.0):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
-    self.workdir = Path(workdir)
+    self.workdir = hio.workdir_path(workdir)
+    self.remote = hio.is_remote(workdir)
+    self.upload_every = upload_every
     self._tb = None
     self._jsonl = None
+    self._lines, self._uploaded = [], time.monotonic()
     if self.enabled:
       self.workdir.mkdir(parents=True, exist_ok=True)
-      self._jsonl = open(self.workdir / "metrics.jsonl", "a", buffering=1)
+      log = self.workdir / "metrics.jsonl"
+      if self.remote:
+        self._lines = [log.read_text()] if log.exists() else []  # a resumed run appends to it
+      else:
+        self._jsonl = open(log, "a", buffering=1)
       from tensorboardX import SummaryWriter
 
       self._tb = SummaryWriter(str(self.workdir / "tensorboard"), flush_secs=10)
@@ -34,9 +43,19 @@ class MetricWriter:
     if not self.enabled:
       return
     clean = {f"{prefix}{k}": float(v) for k, v in scalars.items()}
-    self._jsonl.write(json.dumps({"step": int(step), "time": time.time(), **clean}) + "\n")
+    line = json.dumps({"step": int(step), "time": time.time(), **clean}) + "\n"
+    if self.remote:
+      self._lines.append(line)
+      if time.monotonic() - self._uploaded > self.upload_every:
+        self._upload()
+    else:
+      self._jsonl.write(line)
     for k, v in clean.items():
       self._tb.add_scalar(k, v, int(step))
+
+  def _upload(self) -> None:
+    (self.workdir / "metrics.jsonl").write_text("".join(self._lines))
+    self._uploaded = time.monotonic()
 
   def write_image(self, step: int, name: str, image_hwc: np.ndarray) -> Path | None:
     """Writes an 8-bit RGB image ([0, 1] float) to ``WORKDIR/images/<name>_<step>.png`` and TensorBoard."""
@@ -57,11 +76,16 @@ class MetricWriter:
   def flush(self) -> None:
     if self.enabled:
       self._tb.flush()
+      if self.remote:
+        self._upload()
 
   def close(self) -> None:
     if self.enabled:
       self._tb.close()
-      self._jsonl.close()
+      if self.remote:
+        self._upload()
+      else:
+        self._jsonl.close()
 
 
 def tonemap_for_display(hdr_gamma, ref_gamma=None):

@@ -68,7 +68,7 @@ def make_train_iterator(config, train_dir):
 
 def train_and_evaluate(config, workdir) -> dict:
   """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints); returns the final summary."""
-  workdir = Path(workdir)
+  workdir = hio.workdir_path(workdir)
   engine_lib.maybe_initialize_distributed(config.distributed)
   _check_config(config)
   primary = jax.process_index() == 0
@@ -188,11 +188,10 @@ def train_and_evaluate(config, workdir) -> dict:
     last_eval = ckpts.metrics(ckpts.latest_step()) if ckpts.latest_step() is not None else None
     if last_eval is None:
       last_eval = evaluate(step)
-  summary = {"step": step, "workdir": str(workdir.absolute()), "eval": last_eval,
+  summary = {"step": step, "workdir": str(workdir), "eval": last_eval,
              "best_step": ckpts.best_step(), "checkpoints": ckpts.all_steps(),
-             "metrics_log": str((workdir / "metrics.jsonl").absolute()),
-             "tensorboard": str((workdir / "tensorboard").absolute()),
-             "images": str((workdir / "images").absolute())}
+             "metrics_log": str(workdir / "metrics.jsonl"), "tensorboard": str(workdir / "tensorboard"),
+             "images": str(workdir / "images")}
   if primary:
     hio.atomic_write_bytes(workdir / "summary.json", json.dumps(summary, indent=2).encode())
     _print_summary(summary)
