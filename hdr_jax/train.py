@@ -224,7 +224,7 @@ def main(argv=None):
     config = _CONFIG.value
     if config is None:
       raise app.UsageError("--config=configs/<name>.py is required")
-    workdir = _WORKDIR.value or str(Path("runs") / Path(config_flags.get_config_filename(_CONFIG)).stem)
+    workdir = _WORKDIR.value or str(Path("runs") / Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem)
     try:
       train_and_evaluate(config, workdir)
     except (hio.DataError, ValueError, FloatingPointError) as e:
