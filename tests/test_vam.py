@@ -11,6 +11,7 @@ import h5py
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -301,6 +302,54 @@ def test_batchnorm_modes_and_jitted_grad_step():
   assert all(bn.use_running_average for bn in bns)
   model.train()
   assert not any(bn.use_running_average for bn in bns)
+
+
+def test_max_pool_gradient_goes_to_one_maximum_per_window():
+  rng = np.random.default_rng(10)
+  x = rng.normal(size=(2, 6, 8, 3)).astype(np.float32)
+  x[0, 0:2, 0:2, 0] = 0.0  # an all-equal window (as after a ReLU)
+  x[1, 2:4, 4:6, 2] = [[0.5, 2.0], [2.0, -1.0]]  # a tie between two maxima
+  for dtype in (jnp.float32, jnp.bfloat16):
+    xd = jnp.asarray(x, dtype)
+    np.testing.assert_array_equal(vam._max_pool(xd, 2), xd.reshape(2, 3, 2, 4, 2, 3).max(axis=(2, 4)))
+  w = jnp.asarray(rng.uniform(1.0, 2.0, (2, 3, 4, 3)), jnp.float32)
+  g = np.asarray(jax.jit(jax.grad(lambda v: jnp.sum(vam._max_pool(v, 2) * w)))(jnp.asarray(x)))
+  windows = g.reshape(2, 3, 2, 4, 2, 3)
+  # Exactly one element per window gets the whole gradient (JAX's rule for max splits it on ties).
+  np.testing.assert_array_equal((windows != 0).sum(axis=(2, 4)), 1)
+  np.testing.assert_array_equal(windows.sum(axis=(2, 4)), w)
+  assert g[0, 0, 0, 0] == w[0, 0, 0, 0] and g[1, 2, 5, 2] == w[1, 1, 2, 2]  # the first maximum, row-major
+  _, t = jax.jvp(lambda v: vam._max_pool(v, 2), (jnp.asarray(x),), (jnp.asarray(x) * 2,))
+  np.testing.assert_array_equal(t, 2 * vam._max_pool(jnp.asarray(x), 2))
+
+
+def test_vam_drdb_adam_steps_stay_finite():
+  # Regression: the second training step of VAM+DRDB (stem output conv zero at the start, non-zero
+  # after the first update) was reported to give NaN in the gradients with a finite loss.
+  model = make(seed=9, drdb_blocks=2, drdb_channels=16, drdb_growth=8, drdb_layers=2)
+  model.fe.stem.conv_out.kernel[...] = 0.0  # as initialised: the stem starts as the identity
+  model.fe.stem.conv_out.bias[...] = 0.0
+  opt = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
+
+  @nnx.jit
+  def step(model, opt, frames, exposures, target):
+    grads = nnx.grad(lambda m: hdr_math.mu_law_l1(m(frames, exposures), target))(model)
+    opt.update(model, grads)
+    return grads
+
+  def finite(state):
+    return all(np.isfinite(np.asarray(v)).all() for v in jax.tree.leaves(state))
+
+  for i in range(3):
+    frames, exposures = random_scene(2, 32, 32, seed=20 + i)
+    target = hdr_math.gamma_decode(jnp.asarray(frames[:, 1]) * 1.1)
+    grads = step(model, opt, frames, exposures, target)
+    assert finite(grads), f"step {i}: non-finite gradients"
+    assert finite(nnx.state(model)), f"step {i}: non-finite parameters or statistics"
+    drdb = sum(float(jnp.sum(jnp.abs(v))) for v in jax.tree.leaves(grads["fe"]["stem"]["drdbs"]))
+    # Step 0: the zero output conv blocks the stem's gradients; afterwards they flow.
+    assert (drdb == 0) if i == 0 else (drdb > 0), (i, drdb)
+  assert float(jnp.max(jnp.abs(model.fe.stem.conv_out.kernel[...]))) > 0
 
 
 def test_bfloat16_close_to_float32():

@@ -37,6 +37,8 @@ default after construction) and moving statistics after ``model.eval()``; ``__ca
 overrides the mode for one call. Under data-parallel ``jax.jit`` over a global batch the batch
 statistics are those of the global batch (Keras' multi-replica default would use per-replica ones).
 The moving variance is updated with the biased batch variance (TF's fused kernel uses the unbiased).
+Max pooling passes each window's gradient to one maximum, as TF does (:func:`_max_pool`; JAX's default
+rule for ``max`` can give NaN gradients under XLA rematerialisation).
 
 VAM+DRDB (SPEC 5): ``drdb_blocks > 0`` inserts a stem in front of everything that reads the 6-channel
 frame inputs: for each frame ``x_i``, ``x_i + conv3x3(C -> 6)(DRDB^n(conv3x3(in -> C)([x_i, x_m])))``
@@ -57,6 +59,7 @@ All feature-side modules live in ``model.fe`` (:class:`VAMFeatures`, stem includ
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 
@@ -156,9 +159,30 @@ def _avg_pool(x, k: int):
   return x.reshape(b, h // k, k, w // k, k, c).mean(axis=(2, 4)).astype(x.dtype)
 
 
+def _windows(x, k: int):
+  """``(B, H, W, C) -> (B, H/k, W/k, C, k*k)``: the non-overlapping ``k x k`` windows, row-major."""
+  b, h, w, c = x.shape
+  return x.reshape(b, h // k, k, w // k, k, c).transpose(0, 1, 3, 5, 2, 4).reshape(b, h // k, w // k, c, k * k)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def _max_pool(x, k: int):
+  """Keras ``MaxPooling2D(k)`` (valid, stride k). The derivative routes each window's gradient to
+  one maximum (the first, row-major; TF's max-pool gradient also picks a single element), chosen
+  from ``x`` alone, so it is always finite. JAX's own rule for ``max`` divides by the number of
+  elements equal to the separately computed maximum; when XLA rematerialises the pooled operand in
+  the backward pass with another rounding (a different fusion, bf16 excess precision), that count
+  can be 0 and the gradient 0/0 = NaN while the loss stays finite."""
   b, h, w, c = x.shape
   return x.reshape(b, h // k, k, w // k, k, c).max(axis=(2, 4))
+
+
+@_max_pool.defjvp
+def _max_pool_jvp(k, primals, tangents):
+  (x,), (t,) = primals, tangents
+  first = jnp.argmax(_windows(x, k), axis=-1)
+  chosen = first[..., None] == jnp.arange(k * k)
+  return _max_pool(x, k), jnp.sum(jnp.where(chosen, _windows(t, k), 0), axis=-1)
 
 
 def _upsample(x, k: int = 2):
