@@ -1,0 +1,116 @@
+r"""Conditional DDPM for HDR (SPEC 7): a U-Net noise predictor conditioned on the three LDR frames
+through the VAM+DRDB feature extractor, DDIM/ancestral sampling over overlapping tiles.
+
+Default (``--config=configs/diffusion.py``): a CPU-sized demonstration that runs end to end on its
+own in a few minutes on 2 cores: embedded dataset (24 scenes of 128x128, 2 validation scenes of
+128x192), 64x64 patches, batch 8, a ~1.5 M parameter U-Net, 400 steps, DDIM with 25 steps for the
+validation samples. It shows the pipeline working, not a useful model.
+
+  python -m hdr_jax.train --config=configs/diffusion.py                # -> runs/diffusion
+
+Full scale (``:full``): the real NTIRE folders, a ~35 M parameter U-Net (64 channels, multipliers
+1-1-2-4-5, 2 residual blocks per level, attention at 16x16 and 8x8 for 128x128 crops), the default
+VAM+DRDB encoder, 128x128 patches, batch 32, 300k steps, bfloat16 compute, 1000-step ancestral
+sampling (DDPM) on 256x256 tiles blended with 32-pixel overlaps for 1060x1900 validation frames:
+
+  python -m hdr_jax.train --config=configs/diffusion.py:full --workdir=runs/diffusion_full \
+      --config.data.root=/data/ntire/train --config.data.val_root=/data/ntire/val
+
+Other useful switches: ``--config.sampler.name=ddim --config.sampler.steps=50`` (fast sampling),
+``--config.diffusion.prediction=v``, ``--config.diffusion.schedule=cosine``,
+``--config.model.cond_encoder=conv`` (a two-conv encoder instead of VAM+DRDB),
+``--config.model.conditional=False`` (unconditional HDR generation, as the source project).
+"""
+
+import ml_collections
+
+from hdr_jax.config_base import get_base_config
+
+
+def get_config(arg: str = ""):
+  arg = (arg or "").strip()
+  if arg not in ("", "full"):
+    raise ValueError(f"configs/diffusion.py: unknown variant {arg!r} (use '' or 'full')")
+  c = get_base_config()
+  c.task = "diffusion"
+
+  c.model.name = "unet"
+  c.model.ch = 16
+  c.model.ch_mult = (1, 2, 4, 8)
+  c.model.num_res_blocks = 1
+  c.model.attn_levels = (3,)  # the lowest resolution
+  c.model.head_dim = 64
+  c.model.groups = 8
+  c.model.conditional = True
+  # vam_drdb | conv. The CPU demonstration uses 'conv': the VAM+DRDB encoder makes a CPU training step
+  # ~4x slower (depthwise convolutions, Otsu masks), which would not fit the 10-minute budget.
+  c.model.cond_encoder = "conv"
+  c.model.cond_channels = 16
+  c.model.cond_all_scales = True
+  # VAM+DRDB stem of the encoder (hdr_jax.models.vam): a light one for CPU.
+  c.model.cond_vam_drdb = ml_collections.ConfigDict(
+      dict(drdb_blocks=1, drdb_channels=16, drdb_growth=8, drdb_layers=2, drdb_reference=True, polyphase=True))
+  c.model.cond_conv_hidden = 32  # used by cond_encoder='conv'
+
+  c.diffusion = ml_collections.ConfigDict()
+  c.diffusion.timesteps = 1000
+  c.diffusion.beta_start = 1e-4
+  c.diffusion.beta_end = 0.02
+  c.diffusion.schedule = "linear"  # linear | cosine
+  c.diffusion.prediction = "eps"  # eps | v
+  c.diffusion.ema_decay = 0.999
+  c.diffusion.ema_warmup = True  # decay min(ema_decay, (1 + n) / (10 + n)) after n steps
+
+  c.sampler = ml_collections.ConfigDict()
+  c.sampler.name = "ddim"  # ddim | ddpm (ancestral, all timesteps)
+  c.sampler.steps = 25  # DDIM steps (ignored by ddpm)
+  c.sampler.eta = 0.0  # DDIM noise: 0 deterministic, 1 ancestral
+  c.sampler.clip_x0 = True
+  c.sampler.use_ema = True
+  c.sampler.tile_size = 256  # frames larger than this are sampled in overlapping tiles
+  c.sampler.tile_overlap = 32
+  c.sampler.tile_batch = 4  # tiles per model call (bounds the activation memory)
+
+  c.batch_size = 8
+  c.num_train_steps = 400
+  c.log_every = 50
+  c.eval_every = 400
+  c.checkpoint_every = 400
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.schedule = "cosine"
+  c.optimizer.warmup_steps = 20
+  c.optimizer.grad_clip = 1.0
+  c.data.patch_size = 64
+  c.data.embedded.train_scenes = 24
+  c.data.embedded.height = 128
+  c.data.embedded.width = 128
+  c.data.embedded.val_scenes = 2
+  c.data.embedded.val_height = 128
+  c.data.embedded.val_width = 192
+
+  if arg == "full":
+    c.model.ch = 64
+    c.model.ch_mult = (1, 1, 2, 4, 5)
+    c.model.num_res_blocks = 2
+    c.model.attn_levels = (3, 4)
+    c.model.groups = 32
+    c.model.cond_encoder = "vam_drdb"
+    c.model.cond_channels = 32
+    c.model.cond_vam_drdb = ml_collections.ConfigDict(
+        dict(drdb_blocks=2, drdb_channels=64, drdb_growth=32, drdb_layers=4, drdb_reference=True, polyphase=True))
+    c.model.cond_conv_hidden = 64
+    c.dtype = "bfloat16"
+    c.sampler.name = "ddpm"
+    c.sampler.steps = 1000
+    c.sampler.tile_batch = 8
+    c.batch_size = 32
+    c.num_train_steps = 300_000
+    c.log_every = 100
+    c.eval_every = 10_000
+    c.checkpoint_every = 5_000
+    c.eval.max_scenes = 8  # 1000-step sampling of whole frames is costly; evaluate a subset
+    c.optimizer.learning_rate = 2e-4
+    c.optimizer.warmup_steps = 5_000
+    c.data.patch_size = 128
+    c.data.num_workers = 8
+  return c

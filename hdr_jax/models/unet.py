@@ -1,0 +1,272 @@
+"""The DDPM noise predictor: a U-Net (Ho et al. 2020) with an optional LDR conditioning encoder.
+
+``UNet(x_t, t, cond=None) -> model output (B, H, W, out_channels)`` float32, for noisy images
+``x_t (B, H, W, 3)``, integer steps ``t (B,)`` (or a scalar) and conditioning features ``cond
+(B, H, W, cond_channels)`` from ``UNet.encode(frames, exposures)`` (frames ``(B, 3, H, W, 3)`` in
+[0, 1], exposures ``(B, 3)``). The features are computed once per sample and reused at every
+denoising step; they are concatenated to ``x_t`` at full resolution and, with ``cond_all_scales``,
+average-pooled and added (1x1 projection) at the start of every U-Net level.
+
+Architecture: sinusoidal step embedding -> MLP (``4 ch``); per level ``num_res_blocks`` residual
+blocks (GroupNorm, SiLU, 3x3 conv, step embedding added, GroupNorm, SiLU, zero-initialised 3x3 conv)
+at ``ch * ch_mult[level]`` channels, self-attention at the levels in ``attn_levels`` (default: the
+lowest resolution), strided-conv downsampling; a middle block (res, attention, res); the mirrored
+decoder with skip connections and nearest-neighbour upsampling; GroupNorm, SiLU and a
+zero-initialised 3x3 output conv. Any H, W (edge-padded to a multiple of ``2 ** (levels - 1)`` and
+cropped back).
+
+Conditioning encoders (``cond_encoder``): ``'vam_drdb'`` the VAM+DRDB feature extractor
+(:class:`hdr_jax.models.vam.VAMFeatures` with its DRDB stem, the module behind ``HDRVAM.features``:
+224 channels, projected 1x1 to ``cond_channels``; ``cond_vam_drdb`` overrides the stem's ``drdb_*``
+settings), or ``'conv'`` two 3x3 convs (SiLU) on the 18-channel ``hdr_math.ldr_to_hdr_inputs``.
+``conditional=False`` builds the unconditional model (no encoder; ``cond`` must be None).
+
+Computation runs in ``dtype``; parameters are ``param_dtype`` (float32).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from hdr_jax import hdr_math
+from hdr_jax.models import vam
+from hdr_jax.models.layers import pad_to_multiple
+
+COND_ENCODERS = ("vam_drdb", "conv")
+
+
+def timestep_embedding(t, dim: int, max_period: float = 10000.0):
+  """Sinusoidal embedding ``[sin(t f), cos(t f)]`` with ``f = max_period ** (-k / (dim/2))``."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = jnp.asarray(t, jnp.float32)[:, None] * freqs[None]
+  emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+  return jnp.pad(emb, ((0, 0), (0, dim % 2)))
+
+
+def _avg_pool(x, k: int):
+  if k == 1:
+    return x
+  b, h, w, c = x.shape
+  return x.reshape(b, h // k, k, w // k, k, c).mean(axis=(2, 4))
+
+
+def _groups(channels: int, groups: int) -> int:
+  return math.gcd(channels, groups)
+
+
+class ResBlock(nnx.Module):
+  """GN-SiLU-conv, + Dense(SiLU(temb)), GN-SiLU-conv (zero init), 1x1 skip when channels change."""
+
+  def __init__(self, in_ch: int, out_ch: int, temb_dim: int, groups: int, *, dtype, param_dtype, rngs):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.norm1 = nnx.GroupNorm(in_ch, num_groups=_groups(in_ch, groups), **kw)
+    self.conv1 = nnx.Conv(in_ch, out_ch, (3, 3), **kw)
+    self.temb = nnx.Linear(temb_dim, out_ch, **kw)
+    self.norm2 = nnx.GroupNorm(out_ch, num_groups=_groups(out_ch, groups), **kw)
+    self.conv2 = nnx.Conv(out_ch, out_ch, (3, 3), kernel_init=nnx.initializers.zeros, **kw)
+    self.skip = nnx.Conv(in_ch, out_ch, (1, 1), **kw) if in_ch != out_ch else None
+
+  def __call__(self, x, temb):
+    h = self.conv1(nnx.silu(self.norm1(x)))
+    h = h + self.temb(nnx.silu(temb))[:, None, None, :]
+    h = self.conv2(nnx.silu(self.norm2(h)))
+    return (self.skip(x) if self.skip is not None else x) + h
+
+
+class AttnBlock(nnx.Module):
+  """Multi-head self-attention over all positions (GN, qkv 1x1, softmax, zero-initialised proj)."""
+
+  def __init__(self, ch: int, head_dim: int, groups: int, *, dtype, param_dtype, rngs):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.heads = max(1, ch // head_dim)
+    self.norm = nnx.GroupNorm(ch, num_groups=_groups(ch, groups), **kw)
+    self.qkv = nnx.Linear(ch, 3 * ch, **kw)
+    self.proj = nnx.Linear(ch, ch, kernel_init=nnx.initializers.zeros, **kw)
+
+  def __call__(self, x):
+    b, h, w, c = x.shape
+    qkv = self.qkv(self.norm(x)).reshape(b, h * w, 3, self.heads, c // self.heads)
+    o = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
+    return x + self.proj(o.reshape(b, h, w, c))
+
+
+class ConvEncoder(nnx.Module):
+  """18-channel ``[LDR, LDR**gamma / 2**ev]`` of the three frames -> 3x3 conv, SiLU, 3x3 conv."""
+
+  def __init__(self, out_ch: int, hidden: int = 64, *, dtype, param_dtype, rngs):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.conv1 = nnx.Conv(18, hidden, (3, 3), **kw)
+    self.conv2 = nnx.Conv(hidden, out_ch, (3, 3), **kw)
+
+  def __call__(self, frames, exposures):
+    x = hdr_math.ldr_to_hdr_inputs(frames, exposures)  # (B, 3, H, W, 6)
+    b, _, h, w, _ = x.shape
+    x = x.transpose(0, 2, 3, 1, 4).reshape(b, h, w, 18)
+    return self.conv2(nnx.silu(self.conv1(x)))
+
+
+class VamDrdbEncoder(nnx.Module):
+  """VAM+DRDB features (``fe``: :class:`hdr_jax.models.vam.VAMFeatures` with the DRDB stem, state
+  compatible with ``HDRVAM.fe``) -> 1x1 conv to ``out_ch``. Odd sizes are edge-padded to even."""
+
+  def __init__(self, out_ch: int, *, dtype, param_dtype, rngs, **stem_kw):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    cfg = {**vam.VAM_DRDB_DEFAULTS, "polyphase": True, **stem_kw}
+    stem = None
+    if cfg["drdb_blocks"] > 0:
+      stem = vam.DRDBStem(blocks=cfg["drdb_blocks"], channels=cfg["drdb_channels"], growth=cfg["drdb_growth"],
+                          layers=cfg["drdb_layers"], reference=cfg["drdb_reference"], polyphase=cfg["polyphase"], **kw)
+    self.fe = vam.VAMFeatures(stem=stem, **kw)
+    self.proj = nnx.Conv(vam.FEATURE_CHANNELS, out_ch, (1, 1), **kw)
+
+  def __call__(self, frames, exposures):
+    h, w = frames.shape[2:4]
+    ph, pw = h % 2, w % 2
+    if ph or pw:
+      frames = jnp.pad(frames, ((0, 0), (0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
+    feats = self.fe(*vam.vam_inputs(frames, exposures))
+    return self.proj(feats[:, :h, :w])
+
+
+class UNet(nnx.Module):
+  """DDPM U-Net noise predictor (module docstring).
+
+  Args:
+    ch: base width; level ``i`` has ``ch * ch_mult[i]`` channels.
+    ch_mult: channel multipliers, one per resolution level.
+    num_res_blocks: residual blocks per level (the decoder has one more).
+    attn_levels: levels with self-attention (None: the lowest resolution only).
+    head_dim: attention head width (heads = channels // head_dim, at least 1).
+    groups: GroupNorm groups (reduced to gcd with the channel count).
+    out_channels: 3 (eps or v of an RGB image).
+    conditional: build the LDR conditioning encoder.
+    cond_encoder: ``'vam_drdb'`` or ``'conv'``.
+    cond_channels: width of the conditioning features.
+    cond_all_scales: also inject pooled features at every level.
+    cond_vam_drdb: overrides of the ``'vam_drdb'`` encoder's stem (``drdb_blocks``, ``drdb_channels``,
+      ``drdb_growth``, ``drdb_layers``, ``drdb_reference``, ``polyphase``; default
+      ``vam.VAM_DRDB_DEFAULTS``).
+    cond_conv_hidden: hidden width of the ``'conv'`` encoder.
+  """
+
+  def __init__(self, *, ch: int = 64, ch_mult=(1, 2, 2), num_res_blocks: int = 2, attn_levels=None,
+               head_dim: int = 64, groups: int = 32, out_channels: int = 3, conditional: bool = True,
+               cond_encoder: str = "vam_drdb", cond_channels: int = 32, cond_all_scales: bool = True,
+               cond_vam_drdb=None, cond_conv_hidden: int = 64, dtype=jnp.float32, param_dtype=jnp.float32,
+               rngs: nnx.Rngs):
+    ch_mult = tuple(int(m) for m in ch_mult)
+    levels = len(ch_mult)
+    attn_levels = (levels - 1,) if attn_levels is None else tuple(int(a) for a in attn_levels)
+    if conditional and cond_encoder not in COND_ENCODERS:
+      raise ValueError(f"config.model.cond_encoder: unknown {cond_encoder!r}; choose one of {COND_ENCODERS}")
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.ch = ch
+    self.levels = levels
+    self.num_res_blocks = num_res_blocks
+    self.attn_levels = attn_levels
+    self.conditional = conditional
+    self.cond_all_scales = conditional and cond_all_scales
+    self.dtype = dtype
+    temb_dim = 4 * ch
+    self.temb1 = nnx.Linear(ch, temb_dim, **kw)
+    self.temb2 = nnx.Linear(temb_dim, temb_dim, **kw)
+
+    encoder = None
+    if conditional:
+      if cond_encoder == "vam_drdb":
+        encoder = VamDrdbEncoder(cond_channels, **dict(cond_vam_drdb or {}), **kw)
+      else:
+        encoder = ConvEncoder(cond_channels, cond_conv_hidden, **kw)
+    self.encoder = encoder
+    self.conv_in = nnx.Conv(3 + (cond_channels if conditional else 0), ch, (3, 3), **kw)
+
+    def attn(c):
+      return AttnBlock(c, head_dim, groups, **kw)
+
+    chans, skips = ch, [ch]
+    down, down_attn, downsample, cond_proj = [], [], [], []
+    for i, m in enumerate(ch_mult):
+      out = ch * m
+      if self.cond_all_scales:
+        cond_proj.append(nnx.Conv(cond_channels, chans, (1, 1), kernel_init=nnx.initializers.zeros, **kw))
+      for _ in range(num_res_blocks):
+        down.append(ResBlock(chans, out, temb_dim, groups, **kw))
+        down_attn.append(attn(out) if i in attn_levels else None)
+        chans = out
+        skips.append(chans)
+      if i != levels - 1:
+        downsample.append(nnx.Conv(chans, chans, (3, 3), strides=(2, 2), **kw))
+        skips.append(chans)
+    self.down = nnx.List(down)
+    self.down_attn = nnx.List(down_attn)
+    self.downsample = nnx.List(downsample)
+    self.cond_proj = nnx.List(cond_proj)
+    self.mid1 = ResBlock(chans, chans, temb_dim, groups, **kw)
+    self.mid_attn = attn(chans)
+    self.mid2 = ResBlock(chans, chans, temb_dim, groups, **kw)
+    up, up_attn, upsample = [], [], []
+    for i in reversed(range(levels)):
+      out = ch * ch_mult[i]
+      for _ in range(num_res_blocks + 1):
+        up.append(ResBlock(chans + skips.pop(), out, temb_dim, groups, **kw))
+        up_attn.append(attn(out) if i in attn_levels else None)
+        chans = out
+      if i != 0:
+        upsample.append(nnx.Conv(chans, chans, (3, 3), **kw))
+    self.up = nnx.List(up)
+    self.up_attn = nnx.List(up_attn)
+    self.upsample = nnx.List(upsample)
+    self.norm_out = nnx.GroupNorm(chans, num_groups=_groups(chans, groups), **kw)
+    self.conv_out = nnx.Conv(chans, out_channels, (3, 3), kernel_init=nnx.initializers.zeros, **kw)
+
+  def encode(self, frames, exposures):
+    """Conditioning features ``(B, H, W, cond_channels)`` from the LDR frames (computation dtype)."""
+    if self.encoder is None:
+      raise ValueError("encode: the model is unconditional (config.model.conditional=False)")
+    return self.encoder(frames.astype(jnp.float32), exposures).astype(self.dtype)
+
+  def __call__(self, x, t, cond=None):
+    if (cond is None) == self.conditional:
+      raise ValueError("UNet: pass cond features exactly when the model is conditional")
+    b, h, w = x.shape[:3]
+    t = jnp.broadcast_to(jnp.asarray(t), (b,))
+    x = x.astype(self.dtype)
+    if cond is not None:
+      x = jnp.concatenate([x, cond.astype(self.dtype)], axis=-1)
+    x, _ = pad_to_multiple(x, 2 ** (self.levels - 1), mode="edge")
+    cond_p = x[..., 3:] if cond is not None else None
+    temb = self.temb2(nnx.silu(self.temb1(timestep_embedding(t, self.ch).astype(self.dtype))))
+
+    hcur = self.conv_in(x)
+    hs = [hcur]
+    k = 0
+    for i in range(self.levels):
+      if self.cond_all_scales:
+        hcur = hcur + self.cond_proj[i](_avg_pool(cond_p, 2 ** i))
+      for _ in range(self.num_res_blocks):
+        hcur = self.down[k](hcur, temb)
+        if self.down_attn[k] is not None:
+          hcur = self.down_attn[k](hcur)
+        hs.append(hcur)
+        k += 1
+      if i != self.levels - 1:
+        hcur = self.downsample[i](hcur)
+        hs.append(hcur)
+    hcur = self.mid2(self.mid_attn(self.mid1(hcur, temb)), temb)
+    k = 0
+    for j, i in enumerate(reversed(range(self.levels))):
+      for _ in range(self.num_res_blocks + 1):
+        hcur = self.up[k](jnp.concatenate([hcur, hs.pop()], axis=-1), temb)
+        if self.up_attn[k] is not None:
+          hcur = self.up_attn[k](hcur)
+        k += 1
+      if i != 0:
+        hcur = jnp.repeat(jnp.repeat(hcur, 2, axis=1), 2, axis=2)
+        hcur = self.upsample[j](hcur)
+    out = self.conv_out(nnx.silu(self.norm_out(hcur)))
+    return out[:, :h, :w].astype(jnp.float32)

@@ -1,0 +1,110 @@
+"""Conditional DDPM for HDR reconstruction through the shared trainer (SPEC 7).
+
+The bundle holds the U-Net noise predictor (``model``), its optimiser (``opt``) and an exponential
+moving average of its weights (``ema``: a copy of the network whose variables are :class:`EmaParam`,
+so the EMA is checkpointed with the bundle but neither trained nor counted as parameters).
+
+* ``train_step``: ``x0 = diffusion.hdr_to_x0(gt, exposures)`` (mu-law of radiance over the short
+  frame's maximum, in [-1, 1]); ``t ~ U{0..T-1}``, ``x_t = q_sample(x0, t, noise)``; MSE between the
+  network output and ``eps`` (or ``v``); Adam step; EMA update with decay
+  ``min(ema_decay, (1 + n) / (10 + n))`` after ``n`` steps (``diffusion.ema_warmup``).
+* ``predict``: the EMA network (``sampler.use_ema``), conditioning features computed once per tile,
+  the configured sampler (``ddim``/``ddpm``) as one compiled loop over overlapping tiles
+  (``sampler.tile_size``, ``tile_overlap``, ``tile_batch``), mapped back to gamma-domain HDR.
+  Unconditional models (``model.conditional=False``) use the frames only for their size.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from hdr_jax import diffusion
+from hdr_jax.tasks.base import Task, make_optimizer
+
+
+class EmaParam(nnx.Variable):
+  """Exponential moving average of an ``nnx.Param``."""
+
+
+def ema_copy(model: nnx.Module) -> nnx.Module:
+  """A copy of ``model`` whose ``nnx.Param`` variables are :class:`EmaParam` (same values)."""
+  graphdef, state = nnx.split(model)
+  state = jax.tree.map(lambda v: EmaParam(jnp.copy(v.get_value())) if isinstance(v, nnx.Param) else v, state,
+                       is_leaf=lambda v: isinstance(v, nnx.Variable))
+  return nnx.merge(graphdef, state)
+
+
+def ema_update(ema: nnx.Module, model: nnx.Module, decay) -> None:
+  """``ema <- ema + (1 - decay) (params - ema)`` in place."""
+  ema_state = nnx.state(ema, EmaParam)
+  new = jax.tree.map(lambda e, p: e + (1.0 - decay) * (p - e), ema_state.to_pure_dict(),
+                     nnx.state(model, nnx.Param).to_pure_dict())
+  nnx.replace_by_pure_dict(ema_state, new)
+  nnx.update(ema, ema_state)
+
+
+class DiffusionBundle(nnx.Module):
+  def __init__(self, model: nnx.Module, tx: optax.GradientTransformation):
+    self.model = model
+    self.opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    self.ema = ema_copy(model)
+
+
+class DiffusionTask(Task):
+
+  def __init__(self, config):
+    super().__init__(config)
+    d = config.diffusion
+    if d.prediction not in diffusion.PREDICTIONS:
+      raise ValueError(f"config.diffusion.prediction: unknown {d.prediction!r}; choose one of "
+                       f"{diffusion.PREDICTIONS}")
+    if config.sampler.name not in diffusion.SAMPLERS:
+      raise ValueError(f"config.sampler.name: unknown sampler {config.sampler.name!r}; choose one of "
+                       f"{diffusion.SAMPLERS}")
+    self.schedule = diffusion.schedule_from_config(d)
+    diffusion.sampling_plan(config.sampler.name, d.timesteps, config.sampler.steps)  # validates steps
+    self.conditional = bool(config.model.get("conditional", True))
+
+  def create(self, key) -> DiffusionBundle:
+    model = self.build_model(self.config.model, key)
+    return DiffusionBundle(model, make_optimizer(self.config.optimizer, self.config.num_train_steps))
+
+  def train_step(self, bundle, batch, key):
+    d = self.config.diffusion
+    model = bundle.model
+    x0 = diffusion.hdr_to_x0(batch["gt"], batch["exposures"])
+
+    def loss_fn(m):
+      cond = m.encode(batch["frames"], batch["exposures"]) if self.conditional else None
+      return diffusion.diffusion_loss(self.schedule, lambda x, t: m(x, t, cond), x0, key, d.prediction)
+
+    loss, grads = nnx.value_and_grad(loss_fn)(model)
+    bundle.opt.update(model, grads)
+    n = bundle.opt.step[...].astype(jnp.float32)
+    decay = jnp.minimum(d.ema_decay, (1.0 + n) / (10.0 + n)) if d.ema_warmup else jnp.float32(d.ema_decay)
+    ema_update(bundle.ema, model, decay)
+    return {"loss": loss, "grad_norm": optax.global_norm(grads)}
+
+  def sample_x0(self, net, frames, exposures, key):
+    """The sampled diffusion variable ``(B, H, W, 3)`` for a batch of frames (module docstring)."""
+    s, d = self.config.sampler, self.config.diffusion
+    b, _, h, w, _ = frames.shape
+    plan = diffusion.tile_plan(h, w, s.tile_size, s.tile_overlap)
+    cond_tiles = None
+    if self.conditional:
+      if plan.num_tiles == 1:
+        cond_tiles = net.encode(frames, exposures)[None]
+      else:
+        cond_tiles = jax.lax.map(lambda f: net.encode(f, exposures), diffusion.extract_tiles(frames, plan),
+                                 batch_size=min(s.tile_batch, plan.num_tiles))
+    den = diffusion.tiled(lambda x, t, c: net(x, t, c), plan, h, w, s.tile_batch)
+    return diffusion.sample(lambda x, t: den(x, t, cond_tiles), self.schedule, (b, h, w, 3), key,
+                            sampler=s.name, steps=s.steps, eta=s.eta, prediction=d.prediction,
+                            clip_x0=s.clip_x0)
+
+  def predict(self, bundle, frames, exposures, key):
+    net = bundle.ema if self.config.sampler.use_ema else bundle.model
+    return diffusion.x0_to_hdr(self.sample_x0(net, frames, exposures, key), exposures)
