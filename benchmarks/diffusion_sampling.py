@@ -17,7 +17,8 @@ MFU = FLOPs per step / seconds per step / peak (``--peak_tflops``, e.g. 989 for 
 Sizes (unconditional U-Net, as the source; ``--conditional`` adds the LDR encoder's features):
 ``small`` is configs/diffusion.py's CPU model, ``full`` its ``:full`` model (~34 M parameters, 5
 levels), ``ddpm`` the layout of Ho et al.'s 35.7 M CIFAR-10 model (128 channels, 1-2-2-2).
-Timings: warm-up (compilation) excluded, ``jax.block_until_ready``, median of ``--repeats``.
+Timings: warm-up (compilation) excluded, ``jax.block_until_ready``, median of ``--repeats`` with the
+compiled and Python-stepped runs interleaved.
 """
 
 from __future__ import annotations
@@ -59,13 +60,15 @@ def model_kwargs(size: str, conditional: bool) -> dict:
   return kw
 
 
-def median_time(fn, repeats: int) -> float:
-  times = []
+def median_times(fns, repeats: int) -> list[float]:
+  """Median wall time of each function, the runs interleaved (fair under drifting machine load)."""
+  times = [[] for _ in fns]
   for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
+    for fn, ts in zip(fns, times):
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn())
+      ts.append(time.perf_counter() - t0)
+  return [statistics.median(ts) for ts in times]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -104,7 +107,6 @@ def bench_jax(args) -> dict:
   t0 = time.perf_counter()
   jax.block_until_ready(loop(state, key))
   compile_loop = time.perf_counter() - t0
-  loop_s = median_time(lambda: loop(state, key), args.repeats)
 
   # (b) one jitted step called from Python
   @jax.jit
@@ -123,7 +125,8 @@ def bench_jax(args) -> dict:
       x = step(state, x, jnp.int32(args.steps - 1 - i), jnp.int32(i), k_loop)
     return x
 
-  py_s = median_time(python_loop, args.repeats) / n_py
+  loop_s, py_s = median_times([lambda: loop(state, key), python_loop], args.repeats)
+  py_s /= n_py
   return {"params": int(n_params), "flops_per_step": flops, "compile_loop_s": compile_loop,
           "compiled_s_per_step": loop_s / args.steps, "compiled_total_s": loop_s, "python_s_per_step": py_s,
           "python_steps_timed": n_py, "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend()}

@@ -1,10 +1,12 @@
 r"""Conditional DDPM for HDR (SPEC 7): a U-Net noise predictor conditioned on the three LDR frames
-through the VAM+DRDB feature extractor, DDIM/ancestral sampling over overlapping tiles.
+through an encoder (VAM+DRDB features at full scale), DDIM/ancestral sampling over overlapping tiles.
 
 Default (``--config=configs/diffusion.py``): a CPU-sized demonstration that runs end to end on its
-own in a few minutes on 2 cores: embedded dataset (24 scenes of 128x128, 2 validation scenes of
-128x192), 64x64 patches, batch 8, a ~1.5 M parameter U-Net, 400 steps, DDIM with 25 steps for the
-validation samples. It shows the pipeline working, not a useful model.
+own in a few minutes on 2 cores (about 6 minutes measured on a shared, loaded 2-core machine, 5 CPU
+minutes): embedded dataset (24 scenes of 128x128, 2 validation scenes of 128x192), 64x64 patches,
+batch 8, a 2.7 M parameter U-Net (16 channels, multipliers 1-2-4-8) with the two-conv LDR encoder,
+400 steps, DDIM with 25 steps for the validation samples. It shows the pipeline working, not a
+useful model (400 steps are far too few for a diffusion model: its samples stay noisy).
 
   python -m hdr_jax.train --config=configs/diffusion.py                # -> runs/diffusion
 
@@ -18,7 +20,8 @@ sampling (DDPM) on 256x256 tiles blended with 32-pixel overlaps for 1060x1900 va
 
 Other useful switches: ``--config.sampler.name=ddim --config.sampler.steps=50`` (fast sampling),
 ``--config.diffusion.prediction=v``, ``--config.diffusion.schedule=cosine``,
-``--config.model.cond_encoder=conv`` (a two-conv encoder instead of VAM+DRDB),
+``--config.model.cond_encoder=vam_drdb`` (the VAM+DRDB encoder on CPU, with the light stem below:
+about 4x the CPU time per training step), ``--config.model.cond_encoder=conv`` (at full scale),
 ``--config.model.conditional=False`` (unconditional HDR generation, as the source project).
 """
 
