@@ -11,11 +11,10 @@ Keras ``.h5`` files are read with h5py, without TensorFlow.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import jax
-from absl import app, flags
+from absl import flags
 from flax import nnx
 
 from hdr_jax import checkpoint as ckpt_lib
@@ -81,20 +80,9 @@ def convert(kind: str, weights, workdir, overrides: dict | None = None) -> Path:
 
 def main(argv=None):
   _define_flags()
-  def _main(argv):
-    if len(argv) > 1:
-      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    engine_lib.quiet_logging()
-    for f in (_FROM, _WEIGHTS, _WORKDIR):
-      if not f.value:
-        raise app.UsageError(f"--{f.name} is required")
-    try:
-      convert(_FROM.value, _WEIGHTS.value, _WORKDIR.value, engine_lib.parse_overrides(_SET.value))
-    except (hio.DataError, ValueError, KeyError) as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(1)
-
-  app.run(_main, argv=argv)
+  engine_lib.run_cli(
+      lambda: convert(_FROM.value, _WEIGHTS.value, _WORKDIR.value, engine_lib.parse_overrides(_SET.value)),
+      argv, required=(_FROM, _WEIGHTS, _WORKDIR))
 
 
 if __name__ == "__main__":

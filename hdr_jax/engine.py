@@ -86,6 +86,30 @@ def apply_overrides(config, overrides: dict | None):
   return config
 
 
+def run_cli(body, argv=None, required=()) -> None:
+  """The absl entry point shared by train/evaluate/predict/convert: rejects stray arguments, checks
+  ``required`` flags, quiets library logging, and turns an input problem (``DataError``,
+  ``ValueError``, ``KeyError``, ``FloatingPointError``) into one ``error: ...`` line and exit code 1."""
+  import sys
+
+  from absl import app
+
+  def _main(args):
+    if len(args) > 1:
+      raise app.UsageError(f"unexpected arguments: {args[1:]}")
+    quiet_logging()
+    for f in required:
+      if f.value is None or f.value == "":
+        raise app.UsageError(f"--{f.name} is required")
+    try:
+      body()
+    except (ValueError, KeyError, FloatingPointError) as e:  # DataError is a ValueError
+      print(f"error: {e}", file=sys.stderr, flush=True)
+      sys.exit(1)
+
+  app.run(_main, argv=argv)
+
+
 def quiet_logging() -> None:
   """Orbax and JAX log every checkpoint step at INFO; show warnings and errors only unless the user
   asked for ``--verbosity``."""

@@ -10,11 +10,10 @@ SSIM-L, and the medium-frame baseline) and writes ``WORKDIR/eval_<step>.json``.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import jax
-from absl import app, flags
+from absl import flags
 
 from hdr_jax import engine as engine_lib
 from hdr_jax import io as hio
@@ -59,19 +58,9 @@ def run(workdir, data=None, step="latest", max_scenes=0, json_path=None, overrid
 
 def main(argv=None):
   _define_flags()
-  def _main(argv):
-    if len(argv) > 1:
-      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    engine_lib.quiet_logging()
-    if not _WORKDIR.value:
-      raise app.UsageError("--workdir is required")
-    try:
-      run(_WORKDIR.value, _DATA.value, _STEP.value, _MAX.value, _OUT.value, engine_lib.parse_overrides(_SET.value))
-    except (hio.DataError, ValueError, FloatingPointError) as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(1)
-
-  app.run(_main, argv=argv)
+  engine_lib.run_cli(
+      lambda: run(_WORKDIR.value, _DATA.value, _STEP.value, _MAX.value, _OUT.value,
+                  engine_lib.parse_overrides(_SET.value)), argv, required=(_WORKDIR,))
 
 
 if __name__ == "__main__":

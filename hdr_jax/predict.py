@@ -9,12 +9,11 @@ radiance. Full-resolution frames; ground truth in the input folder is not needed
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import jax
-from absl import app, flags
+from absl import flags
 
 from hdr_jax import engine as engine_lib
 from hdr_jax import io as hio
@@ -47,20 +46,9 @@ def run(workdir, input_dir, output_dir, fmt="ntire", step="latest", overrides=No
 
 def main(argv=None):
   _define_flags()
-  def _main(argv):
-    if len(argv) > 1:
-      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    engine_lib.quiet_logging()
-    for f in (_WORKDIR, _INPUT, _OUTPUT):
-      if not f.value:
-        raise app.UsageError(f"--{f.name} is required")
-    try:
-      run(_WORKDIR.value, _INPUT.value, _OUTPUT.value, _FORMAT.value, _STEP.value, engine_lib.parse_overrides(_SET.value))
-    except (hio.DataError, ValueError, FloatingPointError) as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(1)
-
-  app.run(_main, argv=argv)
+  engine_lib.run_cli(
+      lambda: run(_WORKDIR.value, _INPUT.value, _OUTPUT.value, _FORMAT.value, _STEP.value,
+                  engine_lib.parse_overrides(_SET.value)), argv, required=(_WORKDIR, _INPUT, _OUTPUT))
 
 
 if __name__ == "__main__":

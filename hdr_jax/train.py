@@ -17,7 +17,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from hdr_jax import checkpoint as ckpt_lib
@@ -217,21 +217,13 @@ def _print_summary(summary: dict) -> None:
 
 def main(argv=None):
   _define_flags()
-  def _main(argv):
-    if len(argv) > 1:
-      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    engine_lib.quiet_logging()
-    config = _CONFIG.value
-    if config is None:
-      raise app.UsageError("--config=configs/<name>.py is required")
-    workdir = _WORKDIR.value or str(Path("runs") / Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem)
-    try:
-      train_and_evaluate(config, workdir)
-    except (hio.DataError, ValueError, FloatingPointError) as e:
-      print(f"error: {e}", file=sys.stderr, flush=True)
-      sys.exit(1)
 
-  app.run(_main, argv=argv)
+  def body():
+    config = _CONFIG.value
+    default = Path("runs") / Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem
+    train_and_evaluate(config, _WORKDIR.value or str(default))
+
+  engine_lib.run_cli(body, argv, required=(flags.FLAGS["config"],))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from hdr_jax import hdr_math
-from hdr_jax.models.layers import DRDB, Conv2d, pad_to_multiple, polyphase_fold, polyphase_unfold
+from hdr_jax.models.layers import DRDB, Conv2d, polyphase_fold, polyphase_unfold
 
 # Convolutions the official file defines but never calls: present in its state_dict, absent here.
 UNUSED_TORCH_PREFIXES = ("attConv1", "attConv3")
