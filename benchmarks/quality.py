@@ -1,0 +1,498 @@
+r"""Held-out quality benchmark: every model trained for the same budget, scored on real radiance maps.
+
+1. Evaluation sets (NTIRE format) synthesised from the radiance maps given with ``--hdr`` (never used
+   for training) at two difficulty levels: ``static`` (no camera or object motion, sensor noise x0.25)
+   and ``hard`` (camera and object motion x3, sensor noise x4) (``hdr_jax.synthesize`` options).
+2. Each model config trains through the real trainer (``hdr_jax.train.train_and_evaluate``, in this
+   process) on the embedded procedural training data, for ``--steps`` steps of batch ``--batch`` of
+   ``--size`` x ``--size`` patches, once per seed.
+   ``vam_drdb_ldae``: l-DAE pretraining (``configs/ldae.py``) for ``--ldae_fraction`` of the steps, then
+   ``configs/vam_drdb.py`` from that feature extractor for the rest: the same number of steps as
+   ``vam_drdb`` from scratch (an l-DAE step costs less than a regression step: its head is light and
+   it skips the reconstruction network). ``gan`` (configs/gan.py) and ``ddpm`` (configs/diffusion.py,
+   scored with DDIM-50 and with 1000-step ancestral sampling) run when their configs and tasks load.
+3. Each run is scored with ``hdr_jax.evaluate.run`` on both levels (PSNR-mu and PSNR-L as the official
+   scoring program, SSIM-mu, SSIM-L); baselines on the same scenes: the medium frame alone and a
+   classical merge (:func:`merge_exposures`).
+4. Output in ``--out``: ``quality.md`` (mean +- std over seeds), ``quality.json`` (every run and scene
+   mean), ``quality_crops.png`` (one crop per level where the classical merge fails most: the three
+   inputs, the merge, each model (first seed), the target; tone-mapped with
+   ``hdr_jax.metrics_log.tonemap_for_display``) and the runs' workdirs under ``runs/``. The files are
+   rewritten after every run, so an interrupted benchmark leaves what it measured.
+
+  python benchmarks/quality.py --hdr /work/shared/data/hdr/*.exr --steps=200 --size=64 --seeds=0,1,2 \
+      --models=ahdrnet,vam,vam_drdb,vam_drdb_ldae --out=benchmarks/out/quality
+  python benchmarks/quality.py --tiny --hdr A.exr B.exr --out=/tmp/quality     # CI-sized, about a minute
+
+``--widths=small`` shrinks AHDRNet and the VAM+DRDB stem (CPU studies; ``--tiny`` implies it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ("ahdrnet", "vam", "vam_drdb", "vam_drdb_ldae", "gan", "ddpm")
+CONFIGS = {"ahdrnet": "ahdrnet", "vam": "vam", "vam_drdb": "vam_drdb", "vam_drdb_ldae": "vam_drdb", "gan": "gan",
+           "ddpm": "diffusion"}
+LEVELS = {"static": dict(camera_motion=0.0, object_motion=0.0, noise=0.25),
+          "hard": dict(camera_motion=3.0, object_motion=3.0, noise=4.0)}
+METRICS = ("psnr_mu", "psnr_l", "ssim_mu", "ssim_l")
+# --widths=small: model.* overrides per model.name.
+SMALL = {"ahdrnet": dict(channels=16, growth=8, n_blocks=1, n_dense=2),
+         "vam_drdb": dict(drdb_blocks=1, drdb_channels=8, drdb_growth=4, drdb_layers=2),
+         "unet": dict(ch=8, groups=4)}
+TINY = dict(size=32, steps=4, batch=2, seeds="0", train_scenes=4, train_size=48, eval_size="32x48", scenes_per_hdr=1,
+            widths="small", ddim_steps=5, crop=32)
+
+
+# --------------------------------------------------------------------------------------------------
+# Baselines
+# --------------------------------------------------------------------------------------------------
+
+
+def merge_exposures(frames, exposures, gamma: float = 2.24) -> np.ndarray:
+  """Classical multi-exposure merge (no motion compensation): ``frames (3, H, W, 3)`` LDR in [0, 1],
+  ``exposures (3,)`` -> gamma-domain HDR ``(H, W, 3)``. Each frame's linear estimate
+  ``ldr ** gamma / 2 ** ev_rel`` is averaged with triangle weights ``1 - |2 ldr - 1|`` per pixel and
+  channel; where every frame is clipped (all weights 0) the short frame decides in bright areas
+  (medium >= 0.5) and the long frame in dark ones."""
+  frames = np.asarray(frames, np.float64)
+  ev = np.asarray(exposures, np.float64) - float(exposures[1])
+  linear = frames**gamma / 2.0 ** ev[:, None, None, None]
+  w = 1.0 - np.abs(2.0 * frames - 1.0)
+  bright = frames[1] >= 0.5
+  w[0] += 1e-6 * bright
+  w[2] += 1e-6 * ~bright
+  hdr = (w * linear).sum(0) / w.sum(0)
+  return (hdr ** (1.0 / gamma)).astype(np.float32)
+
+
+def baseline_predictions(scene) -> dict:
+  return {"medium": np.asarray(scene["frames"][1], np.float32),
+          "merge": merge_exposures(scene["frames"], scene["exposures"])}
+
+
+# --------------------------------------------------------------------------------------------------
+# Configs and runs
+# --------------------------------------------------------------------------------------------------
+
+
+def load_config(name: str):
+  path = ROOT / "configs" / f"{name}.py"
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} does not exist")
+  spec = importlib.util.spec_from_file_location(f"quality_config_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def base_config(name: str, args, seed: int, steps: int):
+  """A config file's config with the benchmark's data, budget and (``--widths=small``) sizes."""
+  c = load_config(name)
+  c.seed = seed
+  c.num_train_steps = steps
+  c.batch_size = args.batch
+  c.data.patch_size = args.size
+  c.data.crops_per_scene = args.crops_per_scene
+  c.data.cache_dir = str(args.out / "cache")
+  # The trainer's own validation: one scene of the evaluation size (its compiled predict is reused).
+  c.data.embedded.update(train_scenes=args.train_scenes, height=args.train_size, width=args.train_size, val_scenes=1,
+                         val_height=args.eval_hw[0], val_width=args.eval_hw[1], seed=0)
+  c.log_every = max(1, steps // 10)
+  c.eval_every = c.checkpoint_every = max(1, steps)
+  c.keep_checkpoints = 1
+  c.progress = False
+  c.eval.preview_scenes = 0
+  if args.widths == "small" and c.model.name in SMALL:
+    c.model.update(SMALL[c.model.name])
+  if args.widths == "small" and "cond_vam_drdb" in c.model:
+    c.model.cond_vam_drdb.update(SMALL["vam_drdb"])
+  return c
+
+
+def eval_variants(model: str, args) -> dict:
+  """``{suffix: (method name, evaluate overrides)}``: the sampler settings a model is scored with."""
+  if model == "ddpm":
+    return {f"_ddim{args.ddim_steps}": (f"ddpm (DDIM-{args.ddim_steps})",
+                                        {"sampler.name": "ddim", "sampler.steps": args.ddim_steps}),
+            "_ddpm": ("ddpm (1000-step)", {"sampler.name": "ddpm"})}
+  return {"": ({"vam_drdb_ldae": "vam_drdb + l-DAE"}.get(model, model), {})}
+
+
+def _regression_hook() -> None:
+  """Until ``RegressionTask.load_feature_extractor`` exists (the issue-7 patch), route it to
+  ``hdr_jax.pretrain`` as that patch does."""
+  from hdr_jax.tasks.base import Task
+  from hdr_jax.tasks.regression import RegressionTask
+
+  if RegressionTask.load_feature_extractor is Task.load_feature_extractor:
+    from hdr_jax import pretrain
+
+    RegressionTask.load_feature_extractor = lambda self, engine, state, workdir: pretrain.load_feature_extractor(
+        engine, state, workdir)
+
+
+def _num_params(workdir: Path) -> int | None:
+  for line in (workdir / "metrics.jsonl").read_text().splitlines():
+    row = json.loads(line)
+    if "num_params" in row:
+      return int(row["num_params"])
+  return None
+
+
+def train(config, workdir: Path) -> dict:
+  """Trains (or finds finished) ``config`` in ``workdir``: ``{'seconds', 'params'}``."""
+  from hdr_jax import train as train_lib
+
+  summary, done = workdir / "summary.json", workdir / "quality_run.json"
+  if done.is_file() and json.loads(summary.read_text())["step"] == config.num_train_steps:
+    return json.loads(done.read_text())
+  start = time.perf_counter()
+  train_lib.train_and_evaluate(config, workdir)
+  out = {"seconds": time.perf_counter() - start, "params": _num_params(workdir)}
+  done.write_text(json.dumps(out))
+  return out
+
+
+def run_model(model: str, seed: int, args, eval_dirs: dict) -> list[dict]:
+  """Trains one model for one seed and scores it on every level: one row per evaluation variant."""
+  from hdr_jax import evaluate
+
+  runs = args.out / "runs"
+  workdir = runs / f"{model}_s{seed}"
+  info = {}
+  if model == "vam_drdb_ldae":
+    pre = max(1, round(args.steps * args.ldae_fraction))
+    ldae = base_config("ldae", args, seed, pre)
+    ldae.model = base_config("vam_drdb", args, seed, 1).model
+    info["pretrain"] = train(ldae, runs / f"ldae_s{seed}")
+    config = base_config("vam_drdb", args, seed, args.steps - pre)
+    config.init.feature_extractor = str(runs / f"ldae_s{seed}")
+  else:
+    config = base_config(CONFIGS[model], args, seed, args.steps)
+  info["train"] = train(config, workdir)
+  rows = []
+  for suffix, (method, overrides) in eval_variants(model, args).items():
+    levels = {}
+    for level, folder in eval_dirs.items():
+      result = evaluate.run(workdir, data=folder, step="latest", json_path=workdir / f"eval_{level}{suffix}.json",
+                            overrides=overrides)
+      levels[level] = {k: result["mean"][k] for k in METRICS}
+    seconds = info["train"]["seconds"] + info.get("pretrain", {}).get("seconds", 0.0)
+    rows.append({"method": method, "model": model, "seed": seed, "workdir": str(workdir),
+                 "overrides": overrides, "params": info["train"]["params"], "train_seconds": seconds,
+                 "learning_rate": config.optimizer.learning_rate, "levels": levels})
+  return rows
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation data, figure, report
+# --------------------------------------------------------------------------------------------------
+
+
+def make_eval_sets(args) -> dict:
+  from hdr_jax import synthesize
+
+  h, w = args.eval_hw
+  n = len(args.hdr) * args.scenes_per_hdr
+  return {level: synthesize.ensure_dataset(args.out / "eval" / f"{level}_n{n}_{h}x{w}", n, h, w, hdr_files=args.hdr,
+                                           seed=args.eval_seed, verbose=False, **kw)
+          for level, kw in LEVELS.items()}
+
+
+def scene_baselines(eval_dirs: dict) -> dict:
+  """Per level: mean metrics of the medium frame and the classical merge over the level's scenes."""
+  from hdr_jax import engine as engine_lib
+  from hdr_jax import io as hio
+
+  out = {}
+  for level, folder in eval_dirs.items():
+    rows = {"medium": [], "merge": []}
+    for s in hio.validate_folder(folder, require_gt=True):
+      d = hio.read_scene(s)
+      for name, pred in baseline_predictions(d).items():
+        rows[name].append(engine_lib.scene_metrics(d["gt"], pred))
+    out[level] = {name: {k: float(np.mean([r[k] for r in r_])) for k in METRICS} for name, r_ in rows.items()}
+  return out
+
+
+def _tonemap(img, ref):
+  from hdr_jax import metrics_log
+
+  return metrics_log.tonemap_for_display(img, ref)
+
+
+def pick_crop(eval_dir, crop: int) -> dict:
+  """The scene and ``crop`` x ``crop`` window (stride crop/2) where the classical merge is worst
+  (mean absolute difference of the tone-mapped merge and target)."""
+  from hdr_jax import io as hio
+
+  best = None
+  for s in hio.validate_folder(eval_dir, require_gt=True):
+    d = hio.read_scene(s)
+    h, w = d["gt"].shape[:2]
+    c = min(crop, h, w)
+    err = np.abs(_tonemap(merge_exposures(d["frames"], d["exposures"]), d["gt"]) - _tonemap(d["gt"], d["gt"])).mean(-1)
+    for y in range(0, h - c + 1, max(1, c // 2)):
+      for x in range(0, w - c + 1, max(1, c // 2)):
+        e = float(err[y:y + c, x:x + c].mean())
+        if best is None or e > best["error"]:
+          best = {"scene": s, "id": d["id"], "y": y, "x": x, "size": c, "error": e}
+  return best
+
+
+def model_prediction(workdir, scene, overrides) -> np.ndarray:
+  """A trained model's gamma-domain prediction for one scene (``engine.load_from_workdir``)."""
+  import jax
+
+  from hdr_jax import engine as engine_lib
+  from hdr_jax import io as hio
+
+  config, engine, state, _ = engine_lib.load_from_workdir(workdir, "latest", overrides)
+  d = hio.read_scene(scene)
+  frames = np.round(d["frames"] * 255).astype(np.uint8)[None]
+  return engine.predict(state, frames, d["exposures"][None], jax.random.key(config.seed))[0]
+
+
+def write_figure(path: Path, crops: dict, columns: list[str]) -> None:
+  """Rows = levels, columns = inputs, methods, target; labels drawn with cv2.putText."""
+  from hdr_jax import io as hio
+  from hdr_jax.io import cv2
+
+  rows = []
+  for level, tiles in crops.items():
+    rows.append(np.concatenate([tiles[c] for c in columns], axis=1))
+  grid = np.concatenate(rows, axis=0)
+  tile = grid.shape[1] // len(columns)
+  scale = max(1, 128 // tile)
+  grid = np.repeat(np.repeat(grid, scale, 0), scale, 1)
+  tile *= scale
+  grid = np.clip(np.round(grid * 255), 0, 255).astype(np.uint8)
+  header = np.full((18, grid.shape[1], 3), 255, np.uint8)
+  for i, name in enumerate(columns):
+    cv2.putText(header, name[:max(4, tile // 7)], (i * tile + 3, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1,
+                cv2.LINE_AA)
+  for r, level in enumerate(crops):  # the row's level and scene id on its first tile, white on black outline
+    for colour, thickness in (((0, 0, 0), 3), ((255, 255, 255), 1)):
+      cv2.putText(grid, level, (3, (r + 1) * tile - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.35, colour, thickness, cv2.LINE_AA)
+  hio.write_ldr_png(path, np.concatenate([header, grid], axis=0))
+
+
+def figure_tiles(eval_dirs: dict, crop: int, runs: list[dict]) -> tuple[dict, list[str]]:
+  from hdr_jax import io as hio
+
+  first_seed = {}
+  for r in runs:
+    first_seed.setdefault(r["method"], r)
+  crops, columns = {}, None
+  for level, folder in eval_dirs.items():
+    at = pick_crop(folder, crop)
+    d = hio.read_scene(at["scene"])
+    sl = np.s_[at["y"]:at["y"] + at["size"], at["x"]:at["x"] + at["size"]]
+    gt = d["gt"][sl]
+    tiles = {"short": d["frames"][0][sl], "medium": d["frames"][1][sl], "long": d["frames"][2][sl],
+             "merge": _tonemap(merge_exposures(d["frames"], d["exposures"])[sl], gt)}
+    for method, r in first_seed.items():
+      tiles[method] = _tonemap(model_prediction(r["workdir"], at["scene"], r["overrides"])[sl], gt)
+    tiles["target"] = _tonemap(gt, gt)
+    crops[f"{level} {at['id']}"] = {k: np.asarray(v, np.float32) for k, v in tiles.items()}
+    columns = list(tiles)
+  return crops, columns
+
+
+def summarise(runs: list[dict], baselines: dict) -> dict:
+  """``{method: {level: {metric: [mean, std, n]}}}`` (std over seeds, ddof 0)."""
+  table = {label: {level: {k: [by[name][k], 0.0, 1] for k in METRICS} for level, by in baselines.items()}
+           for name, label in (("medium", "medium frame"), ("merge", "classical merge"))}
+  methods = []
+  for r in runs:
+    if r["method"] not in methods:
+      methods.append(r["method"])
+  for m in methods:
+    rs = [r for r in runs if r["method"] == m]
+    table[m] = {level: {k: [float(np.mean(vals)), float(np.std(vals)), len(vals)]
+                        for k in METRICS for vals in [[r["levels"][level][k] for r in rs]]}
+                for level in rs[0]["levels"]}
+    table[m]["params"] = rs[0]["params"]
+    table[m]["lr"] = rs[0]["learning_rate"]
+    table[m]["train_seconds"] = float(np.mean([r["train_seconds"] for r in rs]))
+  return table
+
+
+def markdown(report: dict) -> str:
+  s = report["setup"]
+  ldae = (f"; vam_drdb + l-DAE: {s['ldae_steps']} l-DAE steps + {s['steps'] - s['ldae_steps']} fine-tuning steps"
+          if "vam_drdb_ldae" in s["models"] else "")
+  lines = [f"# Quality benchmark ({s['date']})", "",
+           f"Training: {s['steps']} steps, batch {s['batch']} of {s['size']}x{s['size']} patches "
+           f"({s['crops_per_scene']} per scene read), embedded procedural data ({s['train_scenes']} scenes of "
+           f"{s['train_size']}x{s['train_size']}), model widths: {s['widths']}, each model with its config's optimiser "
+           f"(lr column), seeds {s['seeds']}{ldae}. Evaluation: {s['eval_scenes']} scenes of "
+           f"{s['eval_hw'][0]}x{s['eval_hw'][1]} per level from {len(s['hdr'])} held-out radiance maps "
+           f"({', '.join(Path(p).name for p in s['hdr'])}); static = {LEVELS['static']}, hard = {LEVELS['hard']}. "
+           f"Machine: {s['machine']}.", "",
+           "Mean ± std over seeds (population std). PSNR in dB (official NTIRE arithmetic), SSIM on the "
+           "mu-tonemapped (SSIM-mu) and gamma-domain (SSIM-L) images. 'train s' is the wall time of the trainer "
+           "(compilation and its own validation included).", ""]
+  head = (["method", "params", "lr"] + [f"{lv} {m}" for lv in LEVELS for m in ("PSNR-mu", "PSNR-L", "SSIM-mu")]
+          + ["train s"])
+  lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+
+  def cell(v, digits):
+    mean, std, n = v
+    return f"{mean:.{digits}f}" if n == 1 else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+  for method, row in report["table"].items():
+    cells = [method, f"{row['params']:,}" if row.get("params") else "-", f"{row['lr']:g}" if "lr" in row else "-"]
+    for lv in LEVELS:
+      cells += [cell(row[lv]["psnr_mu"], 2), cell(row[lv]["psnr_l"], 2), cell(row[lv]["ssim_mu"], 4)]
+    cells.append(f"{row['train_seconds']:.0f}" if "train_seconds" in row else "-")
+    lines.append("| " + " | ".join(cells) + " |")
+  if report["notes"]:
+    lines += ["", "Notes:", ""] + [f"- {n}" for n in report["notes"]]
+  lines += ["", f"Figure: `{report['figure']}` (rows: levels; columns: inputs, merge, each method at seed "
+            f"{s['seeds'][0]}, target; crop where the classical merge is worst)." if report.get("figure") else ""]
+  return "\n".join(lines) + "\n"
+
+
+def _machine() -> str:
+  import jax
+
+  d = jax.devices()[0]
+  return f"{d.device_kind} ({d.platform}), {platform.node()}, jax {jax.__version__}"
+
+
+def write_report(args, runs, baselines, notes, figure=None) -> dict:
+  from hdr_jax import io as hio
+
+  report = {"setup": {"date": datetime.date.today().isoformat(), "machine": _machine(), "steps": args.steps,
+                      "size": args.size, "batch": args.batch, "crops_per_scene": args.crops_per_scene,
+                      "seeds": args.seeds, "models": args.models,
+                      "widths": args.widths, "train_scenes": args.train_scenes, "train_size": args.train_size,
+                      "ldae_steps": max(1, round(args.steps * args.ldae_fraction)), "eval_hw": list(args.eval_hw),
+                      "eval_scenes": len(args.hdr) * args.scenes_per_hdr, "hdr": [str(p) for p in args.hdr],
+                      "levels": LEVELS, "command": sys.argv},
+            "baselines": baselines, "table": summarise(runs, baselines), "runs": runs, "notes": notes,
+            "figure": str(figure) if figure else None}
+  hio.atomic_write_bytes(args.out / "quality.json", json.dumps(report, indent=2).encode())
+  hio.atomic_write_bytes(args.out / "quality.md", markdown(report).encode())
+  return report
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def available(model: str) -> str | None:
+  """None when ``model`` can run here, else why not."""
+  from hdr_jax import tasks
+
+  try:
+    config = load_config(CONFIGS[model])
+    tasks.get_task(config)
+  except Exception as e:  # configs/tasks still being written by others
+    return f"{type(e).__name__}: {e}"
+  return None
+
+
+def parse_args(argv):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--hdr", nargs="+", required=True, type=Path, help="held-out radiance maps (.exr/.hdr)")
+  p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "quality")
+  p.add_argument("--models", default="ahdrnet,vam,vam_drdb,vam_drdb_ldae,gan,ddpm",
+                 help=f"comma-separated, from {','.join(MODELS)}")
+  p.add_argument("--seeds", default=None, help="comma-separated training seeds (default 0,1,2)")
+  p.add_argument("--steps", type=int, default=None, help="training steps per model (default 200)")
+  p.add_argument("--size", type=int, default=None, help="training patch size, a multiple of 8 (default 64)")
+  p.add_argument("--batch", type=int, default=None, help="batch size (default 8)")
+  p.add_argument("--crops_per_scene", type=int, default=1, help="training patches per decoded scene (default 1)")
+  p.add_argument("--train_scenes", type=int, default=None, help="embedded training scenes (default 32)")
+  p.add_argument("--train_size", type=int, default=None, help="embedded training frame size (default 2 * size)")
+  p.add_argument("--eval_size", default=None, help="evaluation frames HxW (default 2size x 3size)")
+  p.add_argument("--scenes_per_hdr", type=int, default=None, help="evaluation scenes per radiance map (default 1)")
+  p.add_argument("--eval_seed", type=int, default=1234)
+  p.add_argument("--widths", choices=("full", "small"), default=None, help="model sizes (default full)")
+  p.add_argument("--ldae_fraction", type=float, default=0.5, help="share of the steps spent on l-DAE pretraining")
+  p.add_argument("--ddim_steps", type=int, default=None, help="DDIM steps of the ddpm model's fast sampler (50)")
+  p.add_argument("--crop", type=int, default=None, help="figure crop size (default 96)")
+  p.add_argument("--budget", type=float, default=0, help="seconds; no new training run starts after it (0: none)")
+  p.add_argument("--tiny", action="store_true", help=f"CI preset: {TINY} (explicit flags win)")
+  args = p.parse_args(argv)
+  defaults = dict(size=64, steps=200, batch=8, seeds="0,1,2", train_scenes=32, train_size=None, eval_size=None,
+                  scenes_per_hdr=1, widths="full", ddim_steps=50, crop=96)
+  for k, v in {**defaults, **(TINY if args.tiny else {})}.items():
+    if getattr(args, k) is None:
+      setattr(args, k, v)
+  args.seeds = [int(s) for s in str(args.seeds).split(",")]
+  args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+  unknown = sorted(set(args.models) - set(MODELS))
+  if unknown:
+    p.error(f"--models: unknown {unknown}; choose from {MODELS}")
+  if args.size % 8:
+    p.error(f"--size must be a multiple of 8, got {args.size}")
+  args.train_size = args.train_size or 2 * args.size
+  args.eval_hw = tuple(int(x) for x in args.eval_size.split("x")) if args.eval_size else (2 * args.size, 3 * args.size)
+  if not 0 < args.ldae_fraction < 1:
+    p.error("--ldae_fraction must be in (0, 1)")
+  args.out = args.out.absolute()
+  return args
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  args.out.mkdir(parents=True, exist_ok=True)
+  import jax
+  from absl import logging
+
+  jax.config.update("jax_compilation_cache_dir", str(args.out / "jax_cache"))  # seeds reuse compiled programs
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint at INFO
+  _regression_hook()
+  start = time.perf_counter()
+  eval_dirs = make_eval_sets(args)
+  baselines = scene_baselines(eval_dirs)
+  notes, runs, failed = [], [], False
+  models = []
+  for m in args.models:
+    why = available(m)
+    if why:
+      notes.append(f"{m}: skipped, its config or task does not load ({why})")
+    else:
+      models.append(m)
+  write_report(args, runs, baselines, notes)
+  for seed in args.seeds:
+    for m in models:
+      if args.budget and time.perf_counter() - start > args.budget:
+        notes.append(f"{m} seed {seed}: skipped, --budget={args.budget:.0f} s reached")
+        continue
+      print(f"=== quality: {m} seed {seed} ===", flush=True)
+      try:
+        runs += run_model(m, seed, args, eval_dirs)
+      except Exception as e:
+        traceback.print_exc()
+        notes.append(f"{m} seed {seed}: failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+        failed = failed or m in ("ahdrnet", "vam", "vam_drdb", "vam_drdb_ldae")
+      write_report(args, runs, baselines, notes)
+  figure = None
+  if runs:
+    crops, columns = figure_tiles(eval_dirs, args.crop, runs)
+    figure = args.out / "quality_crops.png"
+    write_figure(figure, crops, columns)
+  report = write_report(args, runs, baselines, notes, figure)
+  print(markdown(report))
+  print(f"wrote {args.out / 'quality.md'}, {args.out / 'quality.json'}" + (f", {figure}" if figure else ""))
+  return 1 if failed else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

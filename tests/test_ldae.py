@@ -1,0 +1,225 @@
+"""l-DAE pretraining (hdr_jax/tasks/ldae.py), copying its feature extractor into a regression model
+(hdr_jax/pretrain.py, config.init.feature_extractor) and the quality benchmark's CI preset."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from flax import nnx
+from flax.nnx import traversals
+
+from hdr_jax import config_base, engine, pretrain, synthesize
+from hdr_jax.tasks import ldae
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL_STEM = dict(drdb_blocks=1, drdb_channels=8, drdb_growth=4, drdb_layers=2)  # quality.py --widths=small
+
+
+def _frames(n=2, size=32, seed=0):
+  return np.stack([synthesize.synthesize_scene(seed + i, size, size)["frames"] for i in range(n)])
+
+
+def _patches(x, p):
+  """NumPy ``(..., H, W, 3)`` -> ``(..., H/p, W/p, p*p*3)`` float64."""
+  return np.asarray(ldae.to_patches(np.asarray(x, np.float64), p))
+
+
+def _unpatch(t, p):
+  *lead, hp, wp, _ = t.shape
+  return np.moveaxis(t.reshape(*lead, hp, wp, p, p, 3), -3, -4).reshape(*lead, hp * p, wp * p, 3)
+
+
+def _off_latent(diff, components, p):
+  """The part of an image difference outside the latent subspace, per patch."""
+  t, v = _patches(diff, p), np.asarray(components, np.float64)
+  return t - (t @ v.T) @ v
+
+
+P, DIM = 4, 12
+X = _frames(2, seed=5).astype(np.float32) / 255.0  # (2, 3, 32, 32, 3): scenes the basis was not fitted on
+
+
+@pytest.fixture(scope="module")
+def basis():
+  return ldae.fit_frames_pca(_frames(), P, DIM, max_patches=4096, seed=0)
+
+
+def _noise(components, mean, sigma, residual, key=0, x=X):
+  # Always (2,)-shaped sigmas and the same frames: one compilation per mode (threefry compiles slowly on CPU).
+  return np.asarray(ldae.latent_noise(x, components, mean, np.asarray(sigma, np.float32), jax.random.key(key), P,
+                                      residual))
+
+
+def test_pca_basis_orthonormal_and_round_trip(basis):
+  components, mean, explained = basis
+  assert components.shape == (DIM, P * P * 3) and mean.shape == (P * P * 3,)
+  np.testing.assert_allclose(components @ components.T, np.eye(DIM), atol=1e-5)
+  assert np.all(np.diff(explained) <= 1e-7) and 0.5 < explained.sum() <= 1.0
+  again = ldae.fit_frames_pca(_frames(), P, DIM, max_patches=4096, seed=0)
+  np.testing.assert_array_equal(components, again[0])  # deterministic for the data and seed
+
+  # Noise-free, keeping the residual: the input itself.
+  np.testing.assert_allclose(_noise(components, mean, [0, 0], "keep"), X, atol=1e-5)
+  # Noise-free, dropping it: the projection V^T V (x - m) + m, computed here by hand.
+  v, m = components.astype(np.float64), mean.astype(np.float64)
+  by_hand = _unpatch(((_patches(X, P) - m) @ v.T) @ v + m, P)
+  dropped = _noise(components, mean, [0, 0], "drop")
+  np.testing.assert_allclose(dropped, by_hand, atol=1e-5)
+  np.testing.assert_allclose(ldae.project(X, components, mean, P), by_hand, atol=1e-5)
+  assert np.abs(dropped - X).max() > 1e-3  # the latent does not hold everything
+  np.testing.assert_allclose(ldae.project(dropped, components, mean, P), dropped, atol=1e-5)  # idempotent
+  # A full-rank basis holds everything.
+  full, full_mean, _ = ldae.fit_frames_pca(_frames(), P, P * P * 3, max_patches=4096, seed=0)
+  np.testing.assert_allclose(ldae.project(X, full, full_mean, P), X, atol=1e-4)
+
+
+def test_noise_lies_in_the_latent_subspace(basis):
+  components, mean, _ = basis
+  keep = _noise(components, mean, [0.0, 0.3], "keep", key=1)
+  np.testing.assert_array_equal(keep[0], X[0])  # sigma 0 for the first image
+  assert np.abs(_off_latent(keep - X, components, P)).max() < 1e-5
+  # Latent coordinates of the noise: N(0, sigma^2), independent of the image.
+  z = _patches(keep[1] - X[1], P) @ components.T.astype(np.float64)
+  assert abs(z.std() - 0.3) < 0.02 and abs(z.mean()) < 0.01
+  drop = _noise(components, mean, [0.0, 0.3], "drop", key=1)
+  projected = np.asarray(ldae.project(X, components, mean, P))
+  assert np.abs(_off_latent(drop - projected, components, P)).max() < 1e-5
+  np.testing.assert_allclose(drop - keep, projected - X, atol=1e-5)  # the same noise in both modes
+  # Any frame size (padded to whole patches and cropped back).
+  odd = _noise(components, mean, [0.1, 0.1], "keep", x=X[..., :30, :27, :])
+  assert odd.shape == (2, 3, 30, 27, 3)
+  assert np.abs(_off_latent((odd - X[..., :30, :27, :])[..., :28, :24, :], components, P)).max() < 1e-5
+
+
+def _stand_in_radiance_maps(folder):
+  """Two real radiance maps when the shared data is there, else synthetic stand-ins (.exr)."""
+  hdr = sorted(Path("/work/shared/data/hdr").glob("*.exr"))[:2]
+  if len(hdr) == 2:
+    return hdr
+  from hdr_jax import io as hio
+
+  folder.mkdir(parents=True, exist_ok=True)
+  for i in range(2):
+    s = synthesize.synthesize_scene(100 + i, 64, 96)
+    hio.write_exr(folder / f"r{i}.exr", s["gt"] ** 2.24)
+  return sorted(folder.glob("*.exr"))
+
+
+@pytest.fixture(scope="module")
+def quality_run(tmp_path_factory):
+  """``benchmarks/quality.py --tiny`` with 2 models, AHDRNet and VAM+DRDB with l-DAE pretraining: the
+  l-DAE run (configs/ldae.py) and the fine-tuning from its feature extractor
+  (config.init.feature_extractor) go through the real trainer; the tests below read its workdirs."""
+  tmp = tmp_path_factory.mktemp("quality")
+  out = tmp / "q"
+  env = {"HDR_JAX_CACHE": str(tmp / "cache"), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT),
+         "JAX_PLATFORMS": "cpu"}
+  hdr = _stand_in_radiance_maps(tmp / "hdr")
+  proc = subprocess.run([sys.executable, "benchmarks/quality.py", "--tiny", "--models=ahdrnet,vam_drdb_ldae",
+                         "--seeds=0", "--steps=16", f"--out={out}", "--hdr", *map(str, hdr)], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+  return out, proc.stdout
+
+
+def _checkpoint(workdir):
+  """The raw arrays of a workdir's latest checkpoint (read with Orbax, no model)."""
+  step = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  return ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")
+
+
+def test_ldae_training_lowers_the_loss_and_checkpoints_the_pca(quality_run):
+  from hdr_jax import checkpoint
+
+  workdir = quality_run[0] / "runs" / "ldae_s0"
+  config = checkpoint.load_config(workdir)
+  assert config.task == "ldae" and config.num_train_steps == 8 and config.model.name == "vam_drdb"
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  loss = [r["train/loss"] for r in rows if "train/loss" in r]
+  assert len(loss) == 8 and np.all(np.isfinite(loss))
+  assert np.mean(loss[-2:]) < 0.5 * np.mean(loss[:2]), loss
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert np.isfinite(summary["eval"]["psnr_mu"])  # the denoised medium frame against the target
+  saved = _checkpoint(workdir)
+  components = np.asarray(saved["pca_components"])
+  np.testing.assert_allclose(components @ components.T, np.eye(config.ldae.latent_dim), atol=1e-5)
+  # The basis is fitted deterministically from the seed's training patches (a fresh task refits it).
+  task = ldae.LdaeTask(config)
+  bundle = nnx.eval_shape(lambda: task.create(jax.random.key(config.seed)))
+  np.testing.assert_array_equal(components, task.pca[0])
+  # Only the feature extractor and the head are trained (the whole HDR-VAM is kept for its structure).
+  assert {"fe", "recon", "refine"} <= set(saved["model"]) and "head" in saved
+  trained = nnx.state(bundle, ldae.TRAINABLE).to_pure_dict()
+  assert set(trained) == {"model", "head"} and set(trained["model"]) == {"fe"}
+
+
+def _regression_engine(name, cache, monkeypatch, **model):
+  from hdr_jax.tasks.base import Task
+  from hdr_jax.tasks.regression import RegressionTask
+
+  if RegressionTask.load_feature_extractor is Task.load_feature_extractor:  # until the hook is in regression.py
+    monkeypatch.setattr(RegressionTask, "load_feature_extractor",
+                        lambda self, e, state, workdir: pretrain.load_feature_extractor(e, state, workdir))
+  c = config_base.get_base_config()
+  c.data.cache_dir = str(cache)
+  c.model = ml_collections.ConfigDict(dict(name=name, **model))
+  return engine.Engine(c)
+
+
+def test_init_feature_extractor_copies_exactly_the_fe_state(quality_run, monkeypatch, tmp_path):
+  workdir = quality_run[0] / "runs" / "ldae_s0"
+  e = _regression_engine("vam_drdb", tmp_path, monkeypatch, **SMALL_STEM)
+  abstract = nnx.state(nnx.eval_shape(lambda: e.task.create(jax.random.key(0))))
+  state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract)  # a state whose every value is known
+  state = e.task.load_feature_extractor(e, state, str(workdir))
+  after = traversals.flatten_mapping(jax.device_get(state.to_pure_dict()))
+  saved = traversals.flatten_mapping(_checkpoint(workdir)["model"]["fe"])
+  fe = {k: v for k, v in after.items() if k[:2] == ("model", "fe")}
+  assert len(fe) == len(saved) > 50
+  for k, v in fe.items():
+    np.testing.assert_array_equal(v, saved[tuple(str(x) for x in k[2:])], err_msg=str(k))
+  assert len(after) > len(fe) and all(not np.any(v) for k, v in after.items() if k[:2] != ("model", "fe"))
+
+
+@pytest.mark.parametrize("name, model", [("vam", {}), ("vam_drdb", dict(SMALL_STEM, drdb_channels=16)),
+                                         ("ahdrnet", dict(channels=8, growth=4, n_blocks=1, n_dense=1))])
+def test_init_feature_extractor_mismatch_is_a_clear_error(quality_run, monkeypatch, tmp_path, name, model):
+  workdir = quality_run[0] / "runs" / "ldae_s0"
+  e = _regression_engine(name, tmp_path, monkeypatch, **model)
+  abstract = nnx.state(nnx.eval_shape(lambda: e.task.create(jax.random.key(0))))  # shapes only, nothing compiled
+  with pytest.raises(ValueError) as err:
+    e.task.load_feature_extractor(e, abstract, str(workdir))
+  msg = str(err.value)
+  assert str(workdir) in msg and "vam_drdb" in msg
+  if name == "vam":
+    assert "not in this model: stem/conv_in/kernel" in msg
+  elif name == "vam_drdb":
+    assert "stem/conv_in/kernel: checkpoint (3, 3, 12, 8), this model (3, 3, 12, 16)" in msg
+  else:
+    assert "has no feature extractor at model.fe" in msg
+
+
+def test_quality_benchmark_tiny(quality_run):
+  out, stdout = quality_run
+  report = json.loads((out / "quality.json").read_text())
+  assert [r["method"] for r in report["runs"]] == ["ahdrnet", "vam_drdb + l-DAE"]
+  # Equal compute: 8 l-DAE steps + 8 fine-tuning steps from the copied feature extractor.
+  assert json.loads((out / "runs" / "vam_drdb_ldae_s0" / "summary.json").read_text())["step"] == 8
+  assert "copied into model.fe" in stdout and str(out / "runs" / "ldae_s0") in stdout
+  for method in ("medium frame", "classical merge", "ahdrnet", "vam_drdb + l-DAE"):
+    for level in ("static", "hard"):
+      assert all(np.isfinite(report["table"][method][level][k][0]) for k in ("psnr_mu", "psnr_l", "ssim_mu"))
+  md = (out / "quality.md").read_text()
+  assert "| ahdrnet |" in md and "| classical merge |" in md and "| vam_drdb + l-DAE |" in md
+  from hdr_jax import io as hio
+
+  fig = hio.read_ldr_png(out / "quality_crops.png")  # 2 levels x (3 inputs, merge, 2 models, target)
+  assert fig.shape[0] > 2 * 32 and fig.shape[1] >= 7 * 32 and fig.std() > 0.01
