@@ -131,19 +131,6 @@ def eval_variants(model: str, args) -> dict:
   return {"": ({"vam_drdb_ldae": "vam_drdb + l-DAE"}.get(model, model), {})}
 
 
-def _regression_hook() -> None:
-  """Until ``RegressionTask.load_feature_extractor`` exists (the issue-7 patch), route it to
-  ``hdr_jax.pretrain`` as that patch does."""
-  from hdr_jax.tasks.base import Task
-  from hdr_jax.tasks.regression import RegressionTask
-
-  if RegressionTask.load_feature_extractor is Task.load_feature_extractor:
-    from hdr_jax import pretrain
-
-    RegressionTask.load_feature_extractor = lambda self, engine, state, workdir: pretrain.load_feature_extractor(
-        engine, state, workdir)
-
-
 def _num_params(workdir: Path) -> int | None:
   for line in (workdir / "metrics.jsonl").read_text().splitlines():
     row = json.loads(line)
@@ -457,7 +444,6 @@ def main(argv=None) -> int:
 
   jax.config.update("jax_compilation_cache_dir", str(args.out / "jax_cache"))  # seeds reuse compiled programs
   logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint at INFO
-  _regression_hook()
   start = time.perf_counter()
   eval_dirs = make_eval_sets(args)
   baselines = scene_baselines(eval_dirs)

@@ -16,7 +16,7 @@ import pytest
 from flax import nnx
 from flax.nnx import traversals
 
-from hdr_jax import config_base, engine, pretrain, synthesize
+from hdr_jax import config_base, engine, synthesize
 from hdr_jax.tasks import ldae
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,12 +162,6 @@ def test_ldae_training_lowers_the_loss_and_checkpoints_the_pca(quality_run):
 
 
 def _regression_engine(name, cache, monkeypatch, **model):
-  from hdr_jax.tasks.base import Task
-  from hdr_jax.tasks.regression import RegressionTask
-
-  if RegressionTask.load_feature_extractor is Task.load_feature_extractor:  # until the hook is in regression.py
-    monkeypatch.setattr(RegressionTask, "load_feature_extractor",
-                        lambda self, e, state, workdir: pretrain.load_feature_extractor(e, state, workdir))
   c = config_base.get_base_config()
   c.data.cache_dir = str(cache)
   c.model = ml_collections.ConfigDict(dict(name=name, **model))

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from hdr_jax import hdr_math
+from hdr_jax import hdr_math, pretrain
 from hdr_jax.tasks.base import Task, make_optimizer
 
 
@@ -46,3 +46,7 @@ class RegressionTask(Task):
     model = bundle.model
     set_mode(model, False)
     return hdr_math.gamma_encode(model(frames, exposures).astype(jnp.float32))
+
+  def load_feature_extractor(self, engine, state, workdir):
+    """Starts ``model.fe`` from an l-DAE (or any HDR-VAM) workdir (``config.init.feature_extractor``)."""
+    return pretrain.load_feature_extractor(engine, state, workdir)
