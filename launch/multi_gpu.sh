@@ -40,31 +40,8 @@ GPUS="${GPUS:-}"
 COORDINATOR_ADDRESS="${COORDINATOR_ADDRESS:-localhost:12355}"
 LOG_DIR="${LOG_DIR:-$WORKDIR/launch_logs}"
 
-# One word quoted for a POSIX shell: as is when safe, else in single quotes.
-quote() {
-  if [[ "$1" =~ ^[A-Za-z0-9_./:=@,+%-]+$ ]]; then
-    printf '%s' "$1"
-  else
-    printf "'%s'" "${1//\'/\'\\\'\'}"
-  fi
-}
-
-# Words quoted and joined with spaces: a command line that can be pasted into a shell.
-cmdline() {
-  local out="" word
-  for word in "$@"; do
-    out+="$(quote "$word") "
-  done
-  printf '%s' "${out% }"
-}
-
-# Prints a command and runs it unless this is a dry run.
-run() {
-  printf '+ %s\n' "$(cmdline "$@")"
-  if [[ "$DRY_RUN" != 1 ]]; then
-    "$@"
-  fi
-}
+# shellcheck source=SCRIPTDIR/lib.sh
+. "$REPO_ROOT/launch/lib.sh"
 
 do_install() {
   run "$PYTHON" -m pip install -e "${REPO_ROOT}[$EXTRAS]"

@@ -61,31 +61,8 @@ fi
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TARBALL="${TARBALL:-${TMPDIR:-/tmp}/hdr_jax_${TPU_NAME}.tar.gz}"
 
-# One word quoted for a POSIX shell: as is when safe, else in single quotes.
-quote() {
-  if [[ "$1" =~ ^[A-Za-z0-9_./:=@,+%-]+$ ]]; then
-    printf '%s' "$1"
-  else
-    printf "'%s'" "${1//\'/\'\\\'\'}"
-  fi
-}
-
-# Words quoted and joined with spaces: a command line for a shell (local display or remote).
-remote() {
-  local out="" word
-  for word in "$@"; do
-    out+="$(quote "$word") "
-  done
-  printf '%s' "${out% }"
-}
-
-# Prints a command (quoted: it can be pasted) and runs it unless this is a dry run.
-run() {
-  printf '+ %s\n' "$(remote "$@")"
-  if [[ "$DRY_RUN" != 1 ]]; then
-    "$@"
-  fi
-}
+# shellcheck source=SCRIPTDIR/lib.sh
+. "$REPO_ROOT/launch/lib.sh"
 
 # A path relative to the worker's home as pip needs it for a local project ("./dir"); absolute stays.
 relative() {
@@ -129,15 +106,15 @@ do_install() {
   gcloud_tpu scp "$TARBALL" "$TPU_NAME:hdr_jax.tar.gz" --worker=all
   # The TPU images ship Python 3.10; uv provides PYTHON_VERSION in a virtual environment.
   local cmd
-  cmd="set -e; rm -rf $(remote "$REPO_DIR"); mkdir -p $(remote "$REPO_DIR")"
-  cmd+="; tar -xzf hdr_jax.tar.gz -C $(remote "$REPO_DIR")"
+  cmd="set -e; rm -rf $(cmdline "$REPO_DIR"); mkdir -p $(cmdline "$REPO_DIR")"
+  cmd+="; tar -xzf hdr_jax.tar.gz -C $(cmdline "$REPO_DIR")"
   cmd+="; python3 -m pip install --user --quiet --upgrade uv"
-  cmd+="; ~/.local/bin/uv venv --clear --python $(remote "$PYTHON_VERSION" "$VENV")"
-  cmd+="; ~/.local/bin/uv pip install --python $(remote "$VENV/bin/python" -e "$(relative "$REPO_DIR")[$EXTRAS]")"
+  cmd+="; ~/.local/bin/uv venv --clear --python $(cmdline "$PYTHON_VERSION" "$VENV")"
+  cmd+="; ~/.local/bin/uv pip install --python $(cmdline "$VENV/bin/python" -e "$(relative "$REPO_DIR")[$EXTRAS]")"
   if [[ -n "$DATA_GCS" ]]; then
-    cmd+="; mkdir -p $(remote "$DATA_DIR"); gcloud storage rsync --recursive $(remote "$DATA_GCS" "$DATA_DIR")"
+    cmd+="; mkdir -p $(cmdline "$DATA_DIR"); gcloud storage rsync --recursive $(cmdline "$DATA_GCS" "$DATA_DIR")"
   fi
-  cmd+="; $(remote "$VENV/bin/python") -c 'import jax; print(jax.device_count(), jax.local_device_count(), jax.devices()[0].platform)'"
+  cmd+="; $(cmdline "$VENV/bin/python") -c 'import jax; print(jax.device_count(), jax.local_device_count(), jax.devices()[0].platform)'"
   ssh_all "$cmd"
 }
 
@@ -152,11 +129,11 @@ train_command() {
   read -r -a extra <<< "$TRAIN_ARGS"
   args+=("${extra[@]}")
   local py
-  py="$(remote "$VENV/bin/python" -m hdr_jax.train "${args[@]}")"
+  py="$(cmdline "$VENV/bin/python" -m hdr_jax.train "${args[@]}")"
   if [[ "$DETACH" == 1 ]]; then
-    printf '%s' "nohup $py > $(remote "$LOG_FILE") 2>&1 < /dev/null &"
+    printf '%s' "nohup $py > $(cmdline "$LOG_FILE") 2>&1 < /dev/null &"
   else
-    printf '%s' "set -o pipefail; $py 2>&1 | tee $(remote "$LOG_FILE")"
+    printf '%s' "set -o pipefail; $py 2>&1 | tee $(cmdline "$LOG_FILE")"
   fi
 }
 
@@ -173,7 +150,7 @@ do_logs() {
   run mkdir -p "$LOG_DIR"
   # Process 0 (worker 0) is the only one that writes metrics and prints the summary.
   gcloud_tpu scp "$TPU_NAME:$LOG_FILE" "$LOG_DIR/worker0_$LOG_FILE" --worker=0
-  ssh_all "tail -n 5 $(remote "$LOG_FILE")"
+  ssh_all "tail -n 5 $(cmdline "$LOG_FILE")"
   if [[ "$WORKDIR" == gs://* ]]; then
     run gcloud storage cp "$WORKDIR/metrics.jsonl" "$WORKDIR/summary.json" "$WORKDIR/config.json" "$LOG_DIR/"
   fi
