@@ -112,13 +112,12 @@ def load_config(name: str, dtype: str, batch: int, patch: int, overrides: dict):
   """``configs/<name>.py``'s config with ``dtype``, ``batch_size``, ``data.patch_size`` and ``--set``."""
   from hdr_jax import engine as engine_lib
 
+  from hdr_jax import config_base
+
   path = ROOT / "configs" / f"{name}.py"
   if not path.is_file():
     raise FileNotFoundError(f"--models={name}: no config {path}")
-  spec = importlib.util.spec_from_file_location(f"_bench_config_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = config_base.load_config_file(path)
   config.dtype = dtype
   config.batch_size = batch
   config.data.patch_size = patch

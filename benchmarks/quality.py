@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import json
 import platform
 import sys
@@ -89,13 +88,9 @@ def baseline_predictions(scene) -> dict:
 
 
 def load_config(name: str):
-  path = ROOT / "configs" / f"{name}.py"
-  if not path.is_file():
-    raise FileNotFoundError(f"{path} does not exist")
-  spec = importlib.util.spec_from_file_location(f"quality_config_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  from hdr_jax import config_base
+
+  return config_base.load_config_file(ROOT / "configs" / f"{name}.py")
 
 
 def base_config(name: str, args, seed: int, steps: int):

@@ -5,6 +5,9 @@ Every key can be overridden on the command line: ``--config.batch_size=16 --conf
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -67,3 +70,14 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.init = ml_collections.ConfigDict()
   c.init.feature_extractor = config_dict.placeholder(str)  # workdir of an l-DAE pretraining run
   return c
+
+
+def load_config_file(path) -> ml_collections.ConfigDict:
+  """``get_config()`` of a config file (``configs/<name>.py``), loaded by path as the trainer does."""
+  path = Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} does not exist")
+  spec = importlib.util.spec_from_file_location(f"_hdr_jax_config_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
