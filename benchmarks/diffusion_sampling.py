@@ -7,16 +7,22 @@ per-step loop took 71.89 s per step on CPU. Three ways to run the same sampler:
   (b) ``python``: the same U-Net and update as one jitted step, called from a Python loop;
   (c) ``torch``: an eager PyTorch DDPM U-Net of the same layout (if torch is importable).
 
-Model FLOPs per step come from XLA's compiled cost analysis of one U-Net forward at the batch size;
-MFU = FLOPs per step / seconds per step / peak (``--peak_tflops``, e.g. 989 for H100/H200 bf16 dense).
+Model FLOPs per step come from XLA's cost analysis of one U-Net forward at the batch size, taken from
+the lowered (not yet compiled) program: after compilation for a GPU the convolutions are cuDNN custom
+calls that the analysis does not count. MFU = FLOPs per step / seconds per step / peak
+(``--peak_tflops``: a number, or ``auto`` to measure a large bf16/f32 matmul on the device first).
 
   python benchmarks/diffusion_sampling.py                                    # source setting
   python benchmarks/diffusion_sampling.py --size=small --height=64 --width=64 --batch=2 --steps=50  # CPU
   python benchmarks/diffusion_sampling.py --size=full --dtype=bfloat16 --peak_tflops=989          # GPU
 
-Sizes (unconditional U-Net, as the source; ``--conditional`` adds the LDR encoder's features):
-``small`` is configs/diffusion.py's CPU model, ``full`` its ``:full`` model (~34 M parameters, 5
-levels), ``ddpm`` the layout of Ho et al.'s 35.7 M CIFAR-10 model (128 channels, 1-2-2-2).
+Sizes (unconditional U-Net, as the source; ``--conditional`` adds the LDR encoder's features), with
+parameters and multiply-accumulates per step at 8 x 128x128:
+``small`` is configs/diffusion.py's CPU model; ``full`` its ``:full`` model (34.3 M parameters,
+145 GMAC; 64 channels, 1-1-2-4-5); ``matched`` a 39.3 M U-Net of 237 GMAC (64 channels, 1-2-3-4-5),
+the cost of the issue's reference DDPM (35.7 M, 233.7 GMAC); ``ddpm`` the layout of Ho et al.'s
+35.7 M CIFAR-10 model (128 channels, 1-2-2-2) whose full-resolution 128-channel level makes it
+725 GMAC per step at 128x128.
 Timings: warm-up (compilation) excluded, ``jax.block_until_ready``, median of ``--repeats`` with the
 compiled and Python-stepped runs interleaved.
 """
@@ -44,11 +50,13 @@ from hdr_jax import diffusion  # noqa: E402
 from hdr_jax.models.unet import UNet  # noqa: E402
 
 DDPM_CIFAR = dict(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_levels=(3,), head_dim=128, groups=32)
+SIZES = ("small", "full", "matched", "ddpm")
+MATCHED = dict(ch=64, ch_mult=(1, 2, 3, 4, 5), num_res_blocks=2, attn_levels=(3, 4), head_dim=64, groups=32)
 
 
 def model_kwargs(size: str, conditional: bool) -> dict:
-  if size == "ddpm":
-    kw = dict(DDPM_CIFAR)
+  if size in ("ddpm", "matched"):
+    kw = dict(DDPM_CIFAR if size == "ddpm" else MATCHED)
   else:
     cfg = get_config("full" if size == "full" else "")
     kw = {k: v for k, v in cfg.model.items() if k != "name"}
@@ -95,10 +103,11 @@ def bench_jax(args) -> dict:
   def denoise(s, x, t):
     return nnx.merge(graphdef, s)(x, t, cond)
 
-  fwd = jax.jit(denoise).lower(state, jax.ShapeDtypeStruct(shape, jnp.float32), jnp.int32(0)).compile()
+  # FLOPs of the lowered forward: a GPU executable's cost analysis skips its cuDNN convolutions.
+  fwd = jax.jit(denoise).lower(state, jax.ShapeDtypeStruct(shape, jnp.float32), jnp.int32(0))
   cost = fwd.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get("flops", float("nan")))
+  flops = float((cost or {}).get("flops", float("nan")))
 
   # (a) the compiled loop
   loop = jax.jit(lambda s, k: diffusion.sample(lambda x, t: denoise(s, x, t), sched, shape, k, sampler="ddpm",
@@ -127,7 +136,14 @@ def bench_jax(args) -> dict:
 
   loop_s, py_s = median_times([lambda: loop(state, key), python_loop], args.repeats)
   py_s /= n_py
-  return {"params": int(n_params), "flops_per_step": flops, "compile_loop_s": compile_loop,
+  ddim = {}
+  if args.ddim_steps:
+    ddim_loop = jax.jit(lambda s, k: diffusion.sample(lambda x, t: denoise(s, x, t), sched, shape, k, sampler="ddim",
+                                                      steps=args.ddim_steps, unroll=args.unroll))
+    jax.block_until_ready(ddim_loop(state, key))
+    (ddim_s,) = median_times([lambda: ddim_loop(state, key)], args.repeats)
+    ddim = {"ddim_steps": args.ddim_steps, "ddim_s_per_sample": ddim_s, "ddim_s_per_step": ddim_s / args.ddim_steps}
+  return {**ddim, "params": int(n_params), "flops_per_step": flops, "compile_loop_s": compile_loop,
           "compiled_s_per_step": loop_s / args.steps, "compiled_total_s": loop_s, "python_s_per_step": py_s,
           "python_steps_timed": n_py, "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend()}
 
@@ -272,11 +288,13 @@ def bench_torch(args) -> dict | None:
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--size", choices=("small", "full", "ddpm"), default="full")
+  p.add_argument("--size", default="full",
+                 help="comma-separated sizes: small, full, matched, ddpm (each measured in turn)")
   p.add_argument("--height", type=int, default=128)
   p.add_argument("--width", type=int, default=128)
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--steps", type=int, default=1000, help="T: ancestral steps of one sample")
+  p.add_argument("--ddim_steps", type=int, default=50, help="also time a DDIM sample of this many steps (0: no)")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--python_steps", type=int, default=100, help="steps timed for Python stepping")
@@ -284,36 +302,60 @@ def main(argv=None):
   p.add_argument("--no_torch", action="store_true")
   p.add_argument("--conditional", action="store_true", help="conditional U-Net (features computed once)")
   p.add_argument("--unroll", type=int, default=1, help="lax.scan unroll of the compiled loop")
-  p.add_argument("--peak_tflops", type=float, default=None, help="device peak for MFU (dtype-matched)")
+  p.add_argument("--peak_tflops", default=None,
+                 help="device peak for MFU (dtype-matched): TFLOP/s, or 'auto' to measure a matmul (8192^3; CPU 1024^3)")
   p.add_argument("--json", default=str(ROOT / "benchmarks" / "out" / "diffusion_sampling.json"))
   args = p.parse_args(argv)
+  sizes = [x.strip() for x in args.size.split(",") if x.strip()]
+  for size in sizes:
+    if size not in SIZES:
+      p.error(f"--size: unknown {size!r}; choose from {', '.join(SIZES)}")
 
+  peak = None
+  if args.peak_tflops == "auto":
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import common
+
+    peak = common.matmul_peak_tflops(args.dtype, 8192 if jax.default_backend() != "cpu" else 1024)["tflops"]
+    print(f"measured {args.dtype} matmul peak: {peak:.1f} TFLOP/s")
+  elif args.peak_tflops:
+    peak = float(args.peak_tflops)
+  out = {"args": vars(args), "peak_tflops": peak, "sizes": {}}
+  for size in sizes:
+    out["sizes"][size] = run_size(args, size, peak)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(out, indent=2))
+  print(f"wrote {args.json}")
+  return out
+
+
+def run_size(args, size: str, peak) -> dict:
+  args = argparse.Namespace(**{**vars(args), "size": size})
   res = bench_jax(args)
   torch_res = None if args.no_torch else bench_torch(args)
   flops = res["flops_per_step"]
-  rows = [("compiled loop (jax.jit + lax.scan)", res["compiled_s_per_step"]),
-          ("Python stepping (jitted step)", res["python_s_per_step"])]
+  rows = [("compiled loop (jax.jit + lax.scan)", res["compiled_s_per_step"], args.steps),
+          ("Python stepping (jitted step)", res["python_s_per_step"], args.steps)]
+  if "ddim_s_per_step" in res:
+    rows.append((f"compiled DDIM-{res['ddim_steps']}", res["ddim_s_per_step"], res["ddim_steps"]))
   if torch_res:
-    rows.append((f"eager PyTorch ({torch_res['device']}, {torch_res['params'] / 1e6:.2f} M)", torch_res["s_per_step"]))
-  print(f"\nDDPM sampling: {args.size} U-Net ({res['params'] / 1e6:.2f} M params), {args.batch}x{args.height}x"
+    rows.append((f"eager PyTorch ({torch_res['device']}, {torch_res['params'] / 1e6:.2f} M)", torch_res["s_per_step"],
+                 args.steps))
+  print(f"\nDDPM sampling: {size} U-Net ({res['params'] / 1e6:.2f} M params), {args.batch}x{args.height}x"
         f"{args.width}, T={args.steps}, {args.dtype}, {res['device']} ({res['backend']}); "
-        f"{flops / 1e9:.2f} GFLOP per step (XLA cost analysis)")
-  print(f"{'method':40s} {'s/step':>10s} {'s/sample':>10s} {'TFLOP/s':>9s} {'MFU':>7s}")
+        f"{flops / 1e9:.1f} GFLOP per step (XLA cost analysis of the lowered forward)")
+  print(f"{'method':40s} {'ms/step':>9s} {'s/sample':>9s} {'TFLOP/s':>8s} {'MFU':>7s}")
   out_rows = []
-  for name, s in rows:
+  for name, s, n in rows:
     tflops = flops / s / 1e12
-    mfu = tflops / args.peak_tflops if args.peak_tflops else None
-    print(f"{name:40s} {s:10.5f} {s * args.steps:10.2f} {tflops:9.3f} "
-          f"{(f'{100 * mfu:6.2f}%') if mfu is not None else '      -'}")
-    out_rows.append({"method": name, "s_per_step": s, "s_per_sample": s * args.steps, "tflops": tflops, "mfu": mfu})
+    mfu = tflops / peak if peak else None
+    print(f"{name:40s} {1e3 * s:9.3f} {s * n:9.2f} {tflops:8.1f} "
+          f"{(f'{100 * mfu:6.1f}%') if mfu is not None else '      -'}")
+    out_rows.append({"method": name, "s_per_step": s, "steps": n, "s_per_sample": s * n, "tflops": tflops, "mfu": mfu})
   print(f"compiled loop: {res['compile_loop_s']:.1f} s to compile; speed-up over Python stepping "
         f"{res['python_s_per_step'] / res['compiled_s_per_step']:.2f}x"
         + (f", over eager PyTorch {torch_res['s_per_step'] / res['compiled_s_per_step']:.1f}x" if torch_res else ""))
-  out = {"args": vars(args), "jax": res, "torch": torch_res, "rows": out_rows}
-  Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-  Path(args.json).write_text(json.dumps(out, indent=2))
-  print(f"wrote {args.json}")
-  return out
+  return {"jax": res, "torch": torch_res, "rows": out_rows}
 
 
 if __name__ == "__main__":

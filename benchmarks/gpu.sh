@@ -1,24 +1,31 @@
 #!/usr/bin/env bash
-# The prepared benchmark run for the lent GPU machine (H100/H200, 16 cores, no network), ~8 minutes wall:
-#   1. benchmarks/models.py: ahdrnet, vam, vam_drdb x float32, bfloat16: JAX train step (batch 8 x 256^2),
+# The prepared benchmark run for the lent GPU machine (H100/H200, 16 cores, no network), ~9 minutes wall:
+#   1. benchmarks/diffusion_sampling.py: DDPM sampling at 8 x 128^2, T=1000, bf16, U-Net sizes full, matched
+#      and ddpm, compiled loop vs Python stepping vs eager PyTorch, DDIM-50, MFU against a measured peak;
+#   2. benchmarks/models.py: ahdrnet, vam, vam_drdb x float32, bfloat16: JAX train step (batch 8 x 256^2),
 #      full-frame inference (1060x1900), FLOPs/MFU, peak memory; the official PyTorch AHDRNet beside them
 #      (when torch imports);
-#   2. the input pipeline's delivered crops/s against the fastest train step;
-#   3. benchmarks/diffusion_sampling.py, if present.
+#   3. benchmarks/sampler_quality.py: train the small conditional DDPM, then DDIM-50/25 vs 1000 ancestral;
+#   4. the input pipeline's delivered crops/s against the fastest train step;
+#   5. the compiled sampling loop again with XLA's command buffers (CUDA graphs) for while loops;
+#   6. benchmarks/profile_step.py on the U-Net forward (kernel table), if time is left.
 # Each step runs under `timeout` inside an overall budget; a failed or timed-out step is recorded and the
-# rest goes on. Everything lands in $OUT: models.json, pipeline.json, diffusion_sampling.json, status.jsonl
-# and gpu.log (all output); a short table is printed last.
+# rest goes on. Everything lands in $OUT: diffusion_sampling.json, models.json, sampler_quality.json,
+# pipeline.json, profile_unet/summary.json, status.jsonl and gpu.log (all output); a short table is
+# printed last.
 #
 # Device call (from the repository root, `.whl` made by ../shared/device/wheels.sh and named in carry):
 #   bash benchmarks/gpu.sh
-# Knobs (environment): BUDGET (480 s), MODELS, DTYPES, BATCH, PATCH, HEIGHT, WIDTH, REPEATS, *_TIMEOUT,
-# MODELS_DEADLINE, and extra flags MODELS_ARGS (e.g. "--torch_compile"), PIPELINE_ARGS, DIFFUSION_ARGS.
+# Knobs (environment): BUDGET (560 s), MODELS, DTYPES, BATCH, PATCH, HEIGHT, WIDTH, REPEATS, *_TIMEOUT,
+# MODELS_DEADLINE, and extra flags MODELS_ARGS (e.g. "--torch_compile"), PIPELINE_ARGS, DIFFUSION_ARGS,
+# QUALITY_ARGS, CMDBUF_ARGS; SKIP (comma-separated step names: diffusion, models, quality, pipeline, cmdbuf,
+# profile).
 # models.py runs ahdrnet (then PyTorch) first: a run cut short by its deadline loses the later models only.
 # Local dry run (no wheel install, tiny sizes):
 #   HDR_BENCH_NO_INSTALL=1 PYTHON=/work/venv/bin/python OUT=/tmp/gpu_out BATCH=2 PATCH=64 HEIGHT=64 WIDTH=96 \
 #     REPEATS=2 MODELS=ahdrnet DTYPES=float32 PIPELINE_ARGS="--pipeline_height=128 --pipeline_width=192 \
-#     --pipeline_scenes=4 --workers=0" DIFFUSION_ARGS="--size=small --height=32 --width=32 --batch=2 --steps=5" \
-#     bash benchmarks/gpu.sh
+#     --pipeline_scenes=4 --workers=0" DIFFUSION_ARGS="--size=small --height=32 --width=32 --batch=2 --steps=5 \
+#     --ddim_steps=2 --python_steps=3 --torch_steps=2 --repeats=1" SKIP=quality,profile bash benchmarks/gpu.sh
 if [ -z "${HDR_BENCH_NO_INSTALL:-}" ]; then
   if ! python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl; then
     echo "gpu.sh: installing .whl/*.whl failed (carry .whl, made by ../shared/device/wheels.sh)"
@@ -33,7 +40,7 @@ export PYTHONUNBUFFERED=1
 
 PY=${PYTHON:-python3}
 OUT=${OUT:-$PWD/benchmarks/out/gpu}
-BUDGET=${BUDGET:-480}                  # seconds for the whole script; each step's timeout fits inside it
+BUDGET=${BUDGET:-560}                  # seconds for the whole script; each step's timeout fits inside it
 MODELS=${MODELS:-ahdrnet,vam,vam_drdb}
 DTYPES=${DTYPES:-float32,bfloat16}
 BATCH=${BATCH:-8}
@@ -41,13 +48,20 @@ PATCH=${PATCH:-256}
 HEIGHT=${HEIGHT:-1060}
 WIDTH=${WIDTH:-1900}
 REPEATS=${REPEATS:-10}
-MODELS_TIMEOUT=${MODELS_TIMEOUT:-300}
-MODELS_DEADLINE=${MODELS_DEADLINE:-230}  # at most; less when the budget or MODELS_TIMEOUT is short
-PIPELINE_TIMEOUT=${PIPELINE_TIMEOUT:-75}
-DIFFUSION_TIMEOUT=${DIFFUSION_TIMEOUT:-300}  # the last step: in effect what is left of BUDGET
+MODELS_TIMEOUT=${MODELS_TIMEOUT:-230}
+MODELS_DEADLINE=${MODELS_DEADLINE:-170}  # at most; less when the budget or MODELS_TIMEOUT is short
+PIPELINE_TIMEOUT=${PIPELINE_TIMEOUT:-50}
+DIFFUSION_TIMEOUT=${DIFFUSION_TIMEOUT:-150}
+QUALITY_TIMEOUT=${QUALITY_TIMEOUT:-130}
+PROFILE_TIMEOUT=${PROFILE_TIMEOUT:-45}
+CMDBUF_TIMEOUT=${CMDBUF_TIMEOUT:-45}
 MODELS_ARGS=${MODELS_ARGS:-}
 PIPELINE_ARGS=${PIPELINE_ARGS:---crops_per_scene=1,4}
-DIFFUSION_ARGS=${DIFFUSION_ARGS:-}
+DIFFUSION_ARGS=${DIFFUSION_ARGS:---size=full,matched,ddpm --dtype=bfloat16 --repeats=2 --torch_steps=20}
+CMDBUF_ARGS=${CMDBUF_ARGS:---size=matched --dtype=bfloat16 --repeats=2}
+QUALITY_ARGS=${QUALITY_ARGS:---train_steps=3000 --val_scenes=8 --seeds=0,1 --samplers=ddpm,ddim:50,ddim:25 \
+--set=batch_size=32 --set=data.num_workers=4}
+SKIP=${SKIP:-}
 
 mkdir -p "$OUT"
 LOG=$OUT/gpu.log
@@ -63,6 +77,10 @@ log() { echo "$*" | tee -a "$LOG"; }
 step() {
   local name=$1 limit=$2
   shift 2
+  if [[ ",$SKIP," == *",$name,"* ]]; then
+    log "=== $name: skipped (SKIP)"
+    return
+  fi
   local left=$((BUDGET - SECONDS - 5))
   if [ "$left" -lt "$limit" ]; then limit=$left; fi
   local status rc took start=$SECONDS
@@ -97,6 +115,10 @@ else
   log "torch is not importable here: the PyTorch comparison is skipped"
 fi
 
+# shellcheck disable=SC2086  # *_ARGS are word lists on purpose
+step diffusion "$DIFFUSION_TIMEOUT" "$PY" benchmarks/diffusion_sampling.py --json="$OUT/diffusion_sampling.json" \
+  --peak_tflops=auto $DIFFUSION_ARGS
+
 # models.py starts no new measurement after its deadline: keep ~70 s for the one in flight under the timeout
 DEADLINE=$((BUDGET - SECONDS - 5 - 70))
 [ "$DEADLINE" -gt "$MODELS_DEADLINE" ] && DEADLINE=$MODELS_DEADLINE
@@ -106,28 +128,26 @@ step models "$MODELS_TIMEOUT" "$PY" benchmarks/models.py --models="$MODELS" --dt
   --patch="$PATCH" --height="$HEIGHT" --width="$WIDTH" --repeats="$REPEATS" "${TORCH[@]}" \
   --deadline_s="$DEADLINE" --json="$OUT/models.json" $MODELS_ARGS
 
+
+# shellcheck disable=SC2086
+step quality "$QUALITY_TIMEOUT" "$PY" benchmarks/sampler_quality.py --workdir=/tmp/hdr_sampler_quality \
+  --json="$OUT/sampler_quality.json" $QUALITY_ARGS
+
 CONSUMPTION=()
 [ -f "$OUT/models.json" ] && CONSUMPTION=(--consumption_from="$OUT/models.json")
 # shellcheck disable=SC2086
 step pipeline "$PIPELINE_TIMEOUT" "$PY" benchmarks/models.py --models= --pipeline --batch="$BATCH" --patch="$PATCH" \
   "${CONSUMPTION[@]}" --json="$OUT/pipeline.json" $PIPELINE_ARGS
 
-if [ -f benchmarks/diffusion_sampling.py ]; then
-  DIFF_HELP=$("$PY" benchmarks/diffusion_sampling.py --help 2>&1)
-  DIFF=()
-  grep -q -- '--json' <<< "$DIFF_HELP" && DIFF+=(--json="$OUT/diffusion_sampling.json")
-  if grep -q -- '--peak_tflops' <<< "$DIFF_HELP" && [ -f "$OUT/models.json" ]; then
-    # the measured matmul peak of the dtype diffusion_sampling.py runs in (its --dtype, default float32)
-    DTYPE=$(grep -o -- '--dtype[= ][a-z0-9]*' <<< "$DIFFUSION_ARGS" | sed 's/--dtype[= ]//')
-    PEAK=$("$PY" -c "import json, sys; p = json.load(open(sys.argv[1])).get('peaks', {}).get(sys.argv[2], {}); \
-print(p.get('tflops') or '')" "$OUT/models.json" "${DTYPE:-float32}" 2>/dev/null)
-    [ -n "$PEAK" ] && DIFF+=(--peak_tflops="$PEAK")
-  fi
-  # shellcheck disable=SC2086
-  step diffusion "$DIFFUSION_TIMEOUT" "$PY" benchmarks/diffusion_sampling.py "${DIFF[@]}" $DIFFUSION_ARGS
-else
-  log "benchmarks/diffusion_sampling.py is absent: skipped"
-fi
+# The compiled sampling loop with XLA's while loops recorded as CUDA graphs (command buffers).
+# shellcheck disable=SC2086
+XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL" \
+  step cmdbuf "$CMDBUF_TIMEOUT" "$PY" benchmarks/diffusion_sampling.py --json="$OUT/diffusion_cmdbuf.json" \
+  --no_torch --ddim_steps=0 --python_steps=20 $CMDBUF_ARGS
+
+step profile "$PROFILE_TIMEOUT" "$PY" benchmarks/profile_step.py --target=unet:matched --dtype=bfloat16 --batch=8 \
+  --height=128 --width=128 --steps=10 --top=30 --out="$OUT/profile_unet"
+find "$OUT" -name '*.xplane.pb' -delete 2> /dev/null
 
 {
   echo
@@ -137,18 +157,18 @@ fi
   if [ "${#SUMMARIES[@]}" -gt 0 ]; then
     "$PY" benchmarks/models.py --summary="$(IFS=,; echo "${SUMMARIES[*]}")" 2>&1
   fi
-  if [ -f "$OUT/diffusion_sampling.json" ]; then
-    echo "diffusion_sampling.json (numbers, settings left out):"
+  for f in diffusion_sampling diffusion_cmdbuf sampler_quality; do
+    [ -f "$OUT/$f.json" ] || continue
+    echo "$f.json:"
     "$PY" -c "import json, sys
 d = json.load(open(sys.argv[1]))
-def walk(x, pre=''):
-  if isinstance(x, dict):
-    for k, v in x.items():
-      if k not in ('args', 'settings', 'config', 'versions', 'device'): walk(v, f'{pre}{k}.')
-  elif isinstance(x, (int, float)) and not isinstance(x, bool) and pre.count('.') <= 2:
-    print(f'  {pre[:-1]}: {x:.4g}')
-walk(d)" "$OUT/diffusion_sampling.json" 2>&1 | head -30
-  fi
+for size, r in d.get('sizes', {}).items():
+  for row in r['rows']:
+    print(f\"  {size:8s} {row['method'][:40]:40s} {1e3 * row['s_per_step']:8.3f} ms/step {row['s_per_sample']:7.2f} s/sample\")
+for k, a in (d.get('summary') or {}).items():
+  print(f\"  {k:14s} PSNR-mu {a['psnr_mu']:.2f} (sd {a['psnr_mu_sd']:.2f}) gap {a['gap_to_reference_db']:+.2f} dB\")" \
+      "$OUT/$f.json" 2>&1 | head -30
+  done
   echo "steps:"
   printf '  %s\n' "${SUMMARY[@]}"
   echo "total ${SECONDS}s, ${FAILED} step(s) not ok; JSON and gpu.log in $OUT"

@@ -451,3 +451,33 @@ def test_keras_h5_errors(tmp_path):
     f.create_group("layers/separable_conv2d/vars").create_dataset("0", data=np.zeros((3, 3, 6, 1)))
   with pytest.raises(ValueError, match="no 'layer_names'"):
     vam.load_keras_h5(fresh, tmp_path / "k3.weights.h5")
+
+
+@pytest.mark.parametrize("padding,dilation", [(1, 1), (0, 1), (2, 2)])
+def test_depthwise_conv_as_shifted_macs_equals_grouped_convolution(padding, dilation):
+  """layers.depthwise_conv (what SeparableConv2d's depthwise half runs) equals XLA's grouped
+  convolution: values and both gradients, float32."""
+  from hdr_jax.models.layers import depthwise_conv
+
+  kx, kk, kg = jax.random.split(jax.random.key(3), 3)
+  x = jax.random.normal(kx, (2, 9, 12, 5))
+  kernel = jax.random.normal(kk, (3, 3, 1, 5))
+
+  def conv(x, kernel):
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), [(padding, padding)] * 2, rhs_dilation=(dilation,) * 2,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=5,
+                                        precision=jax.lax.Precision.HIGHEST)
+
+  y_ref = conv(x, kernel)
+  y = depthwise_conv(x, kernel, padding, dilation)
+  assert y.shape == y_ref.shape
+  np.testing.assert_allclose(y, y_ref, atol=1e-5, rtol=1e-5)
+  g = jax.random.normal(kg, y.shape)
+  grads = jax.grad(lambda a, b: jnp.sum(depthwise_conv(a, b, padding, dilation) * g), argnums=(0, 1))(x, kernel)
+  grads_ref = jax.grad(lambda a, b: jnp.sum(conv(a, b) * g), argnums=(0, 1))(x, kernel)
+  for a, b in zip(grads, grads_ref):
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5)
+  # bfloat16 inputs: accumulated in float32, returned in bfloat16.
+  yb = depthwise_conv(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), padding, dilation)
+  assert yb.dtype == jnp.bfloat16
+  np.testing.assert_allclose(yb.astype(jnp.float32), y_ref, atol=0.1, rtol=0.05)

@@ -1,5 +1,6 @@
 """Building blocks shared by the model families: a convolution with call-time dilation, the
-polyphase fold that turns dilation-2 convolutions into plain ones, and the DRDB.
+polyphase fold that turns dilation-2 convolutions into plain ones, the DRDB, and a depthwise
+convolution written as shifted multiply-adds.
 
 All tensors are NHWC. Parameters are stored in ``param_dtype`` (float32); computation runs in
 ``dtype`` (float32 or bfloat16).
@@ -24,11 +25,37 @@ def kaiming_normal(fan_in: int, gain: float = math.sqrt(2.0)):
   return init
 
 
+def depthwise_conv(x, kernel, padding: int, dilation: int = 1):
+  """Depthwise (one filter per channel) stride-1 convolution as ``k*k`` shifted multiply-adds.
+
+  ``x (B, H, W, C)``, ``kernel (k, k, 1, C)`` (the HWIO kernel of ``feature_group_count=C``),
+  zero padding ``padding`` on each side. Equal to ``lax.conv_general_dilated(...,
+  feature_group_count=C)`` up to summation order; the products and their sum are float32 (the
+  result is cast back to ``x.dtype``). Why not the convolution: XLA's GPU compiler autotunes every
+  grouped convolution and its two gradients (minutes of compilation for HDR-VAM's 80 of them), and
+  its CPU backend computes the kernel gradient of a depthwise convolution as a dense C x C one. Here
+  forward and both gradients are elementwise fusions and small reductions, memory-bound and cheap
+  (9 multiply-adds per output for 3x3).
+  """
+  k = kernel.shape[0]
+  b, h, w, c = x.shape
+  ho, wo = h + 2 * padding - dilation * (k - 1), w + 2 * padding - dilation * (k - 1)
+  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0))).astype(jnp.float32)
+  kf = kernel.reshape(k, k, c).astype(jnp.float32)
+  y = None
+  for i in range(k):
+    for j in range(k):
+      tap = xp[:, i * dilation:i * dilation + ho, j * dilation:j * dilation + wo] * kf[i, j]
+      y = tap if y is None else y + tap
+  return y.astype(x.dtype)
+
+
 class Conv2d(nnx.Module):
   """A 2-D convolution whose dilation and padding are chosen at call time.
 
   Kernel ``(kh, kw, in, out)`` (PyTorch's ``(out, in, kh, kw)`` transposed by (2, 3, 1, 0)), bias
-  ``(out,)``. ``padding=None`` means 'same' for the given dilation.
+  ``(out,)``. ``padding=None`` means 'same' for the given dilation. A depthwise convolution
+  (``groups == in == out``) runs as :func:`depthwise_conv`.
   """
 
   def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3, *, use_bias: bool = True,
@@ -45,13 +72,20 @@ class Conv2d(nnx.Module):
   def __call__(self, x, dilation: int = 1, padding: int | None = None):
     if padding is None:
       padding = dilation * (self.kernel_size - 1) // 2
-    y = jax.lax.conv_general_dilated(
-        x.astype(self.dtype), self.kernel[...].astype(self.dtype), (1, 1),
-        [(padding, padding), (padding, padding)], rhs_dilation=(dilation, dilation),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=self.groups)
+    kernel = self.kernel[...].astype(self.dtype)
+    if self.groups > 1 and self.groups == x.shape[-1] == kernel.shape[-1]:
+      y = depthwise_conv(x.astype(self.dtype), kernel, padding, dilation)
+    else:
+      y = self._conv(x, kernel, padding, dilation)
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
     return y
+
+  def _conv(self, x, kernel, padding, dilation):
+    return jax.lax.conv_general_dilated(
+        x.astype(self.dtype), kernel, (1, 1),
+        [(padding, padding), (padding, padding)], rhs_dilation=(dilation, dilation),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=self.groups)
 
 
 def polyphase_fold(x, factor: int = 2):

@@ -1,0 +1,111 @@
+r"""DDIM with few steps against the full ancestral sampler, on one trained conditional DDPM.
+
+Trains ``configs/<config>.py`` through the real trainer (``python -m hdr_jax.train``, skipped when the
+workdir already holds a checkpoint), then evaluates the same checkpoint on the same validation scenes
+with each sampler of ``--samplers`` (``ddpm`` = all T ancestral steps, ``ddim:N`` = N DDIM steps,
+eta 0) and each sampling seed of ``--seeds``, through ``hdr_jax.evaluate.run``. Prints PSNR-mu /
+PSNR-L (mean over scenes, then mean and spread over seeds) with the medium-frame baseline, the gap of
+each sampler to the first one (the reference), and wall seconds per scene; writes JSON.
+
+  python benchmarks/sampler_quality.py --workdir=/tmp/sq --train_steps=3000 --val_scenes=8    # GPU
+  python benchmarks/sampler_quality.py --workdir=/tmp/sq --train_steps=4 --val_scenes=1 \
+      --samplers=ddpm,ddim:5 --seeds=0 --set=diffusion.timesteps=20 --set=data.embedded.train_scenes=2  # check
+
+The issue's target: DDIM-50 within 0.5 dB PSNR-mu of 1000 ancestral steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
+
+import common  # noqa: E402
+
+
+def parse_sampler(text: str) -> dict:
+  name, _, steps = text.partition(":")
+  if name not in ("ddpm", "ddim") or (name == "ddim" and not steps.isdigit()):
+    raise ValueError(f"--samplers: {text!r} is not 'ddpm' or 'ddim:N'")
+  return {"label": "ddpm (all T)" if name == "ddpm" else f"ddim-{steps}", "name": name,
+          "steps": int(steps) if steps else None}
+
+
+def train(args) -> None:
+  workdir = Path(args.workdir)
+  if (workdir / "checkpoints").is_dir() and any((workdir / "checkpoints").iterdir()):
+    print(f"{workdir}: checkpoint found, training skipped")
+    return
+  cmd = [sys.executable, "-m", "hdr_jax.train", f"--config={ROOT / 'configs' / args.config}.py",
+         f"--workdir={workdir}", f"--config.num_train_steps={args.train_steps}",
+         f"--config.eval_every={args.train_steps}", f"--config.checkpoint_every={args.train_steps}",
+         f"--config.data.embedded.val_scenes={args.val_scenes}", "--config.progress=False"]
+  cmd += [f"--config.{kv}" for kv in args.set]
+  print("+", " ".join(cmd), flush=True)
+  subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--config", default="diffusion", help="configs/<name>.py (a diffusion config)")
+  p.add_argument("--train_steps", type=int, default=3000)
+  p.add_argument("--val_scenes", type=int, default=8, help="embedded validation scenes (evaluated)")
+  p.add_argument("--samplers", default="ddpm,ddim:50,ddim:25", help="the first one is the reference")
+  p.add_argument("--seeds", default="0,1", help="sampling seeds (config.seed at evaluation)")
+  p.add_argument("--set", action="append", default=[], help="extra config override KEY=VALUE (training)")
+  p.add_argument("--json", default=str(ROOT / "benchmarks" / "out" / "sampler_quality.json"))
+  args = p.parse_args(argv)
+  samplers = [parse_sampler(s) for s in args.samplers.split(",") if s]
+  seeds = [int(s) for s in args.seeds.split(",") if s]
+
+  train(args)
+  from hdr_jax import evaluate
+
+  rows = []
+  report = {"date": common.utc_now(), "args": vars(args), "device": common.device_info(), "versions": common.versions(),
+            "rows": rows}
+  for smp in samplers:
+    for seed in seeds:
+      overrides = {"sampler.name": smp["name"], "sampler.eta": 0.0, "seed": seed}
+      if smp["steps"]:
+        overrides["sampler.steps"] = smp["steps"]
+      start = time.perf_counter()
+      res = evaluate.run(args.workdir, overrides=overrides, json_path=str(Path(args.workdir) / "eval_tmp.json"))
+      took = time.perf_counter() - start
+      rows.append({"sampler": smp["label"], "seed": seed, "s_per_scene": took / len(res["scenes"]),
+                   "scenes": len(res["scenes"]), **res["mean"]})
+      common.write_json(args.json, report)
+
+  ref = samplers[0]["label"]
+  agg = {}
+  for smp in samplers:
+    sel = [r for r in rows if r["sampler"] == smp["label"]]
+    mu = [r["psnr_mu"] for r in sel]
+    agg[smp["label"]] = {"psnr_mu": statistics.mean(mu), "psnr_mu_sd": statistics.stdev(mu) if len(mu) > 1 else 0.0,
+                         "psnr_l": statistics.mean(r["psnr_l"] for r in sel),
+                         "s_per_scene": statistics.mean(r["s_per_scene"] for r in sel)}
+  for a in agg.values():
+    a["gap_to_reference_db"] = a["psnr_mu"] - agg[ref]["psnr_mu"]
+  report["summary"] = agg
+  base = rows[0]
+  report["baseline"] = {"psnr_mu": base.get("baseline_psnr_mu"), "psnr_l": base.get("baseline_psnr_l")}
+  common.write_json(args.json, report)
+  print(f"\nsampler quality: {args.config} trained {args.train_steps} steps, {rows[0]['scenes']} validation scenes, "
+        f"seeds {seeds}; medium-frame baseline PSNR-mu {common.fmt(base.get('baseline_psnr_mu'), '.2f')} dB")
+  print(common.table(["sampler", "PSNR-mu", "sd (seeds)", "PSNR-L", f"vs {ref} (dB)", "s/scene (incl. compile)"],
+                     [[k, f"{a['psnr_mu']:.2f}", f"{a['psnr_mu_sd']:.2f}", f"{a['psnr_l']:.2f}",
+                       f"{a['gap_to_reference_db']:+.2f}", f"{a['s_per_scene']:.2f}"] for k, a in agg.items()]))
+  print(f"wrote {args.json}")
+  return report
+
+
+if __name__ == "__main__":
+  main()
