@@ -164,6 +164,56 @@ def cost_flops(compiled) -> float | None:
   return float(ca["flops"])
 
 
+def _jaxpr_flops(jaxpr) -> float:
+  """Multiply-add FLOPs (2 per MAC) of the convolutions and matrix products in a jaxpr, recursing into
+  nested jaxprs (jit, custom derivatives, remat; a scan counts ``length`` times, a cond its costliest
+  branch, a while loop's body once)."""
+  import math
+
+  from jax.extend import core as jcore
+
+  def sub(value):
+    if isinstance(value, jcore.ClosedJaxpr):
+      return [value.jaxpr]
+    if isinstance(value, jcore.Jaxpr):
+      return [value]
+    if isinstance(value, (tuple, list)):
+      return [j for v in value for j in sub(v)]
+    return []
+
+  total = 0.0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name == "conv_general_dilated":
+      rhs, out = eqn.invars[1].aval, eqn.outvars[0].aval
+      spec = eqn.params["dimension_numbers"].rhs_spec  # (out features, in features, spatial...)
+      per_output = rhs.shape[spec[1]] * math.prod(rhs.shape[d] for d in spec[2:])
+      total += 2.0 * math.prod(out.shape) * per_output / max(1, eqn.params.get("batch_group_count", 1))
+    elif name == "dot_general":
+      (contract, _), _ = eqn.params["dimension_numbers"]
+      lhs, out = eqn.invars[0].aval, eqn.outvars[0].aval
+      total += 2.0 * math.prod(out.shape) * math.prod(lhs.shape[d] for d in contract)
+    if name == "cond":
+      total += max((_jaxpr_flops(j) for j in sub(eqn.params["branches"])), default=0.0)
+      continue
+    inner = sum(_jaxpr_flops(j) for v in eqn.params.values() for j in sub(v))
+    total += inner * (eqn.params.get("length", 1) if name == "scan" else 1)
+  return total
+
+
+def model_flops(fn, *args) -> float | None:
+  """FLOPs of ``fn(*args)`` counted from its jaxpr: 2 per multiply-accumulate of every convolution and
+  matrix product (the usual "model FLOPs" of MFU; elementwise work is not counted). Unlike XLA's cost
+  analysis this does not depend on the backend: a GPU executable's analysis omits the convolutions
+  that run as cuDNN calls. None if ``fn`` cannot be traced."""
+  import jax
+
+  try:
+    return _jaxpr_flops(jax.make_jaxpr(fn)(*args).jaxpr)
+  except Exception:  # noqa: BLE001 - a benchmark row without FLOPs rather than no row
+    return None
+
+
 def xla_memory(compiled) -> dict | None:
   """XLA's static buffer sizes of a compiled computation (arguments, outputs, temporaries), in bytes."""
   try:

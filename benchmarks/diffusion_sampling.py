@@ -7,9 +7,9 @@ per-step loop took 71.89 s per step on CPU. Three ways to run the same sampler:
   (b) ``python``: the same U-Net and update as one jitted step, called from a Python loop;
   (c) ``torch``: an eager PyTorch DDPM U-Net of the same layout (if torch is importable).
 
-Model FLOPs per step come from XLA's cost analysis of one U-Net forward at the batch size, taken from
-the lowered (not yet compiled) program: after compilation for a GPU the convolutions are cuDNN custom
-calls that the analysis does not count. MFU = FLOPs per step / seconds per step / peak
+Model FLOPs per step: 2 per multiply-accumulate of every convolution and matrix product of one U-Net
+forward at the batch size, counted from its jaxpr (``common.model_flops``; XLA's cost analysis of a
+GPU program omits the convolutions that run as cuDNN calls, and gave NaN there). MFU = FLOPs per step / seconds per step / peak
 (``--peak_tflops``: a number, or ``auto`` to measure a large bf16/f32 matmul on the device first).
 
   python benchmarks/diffusion_sampling.py                                    # source setting
@@ -43,9 +43,10 @@ import numpy as np
 from flax import nnx
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 from configs.diffusion import get_config  # noqa: E402
+import common  # noqa: E402
 from hdr_jax import diffusion  # noqa: E402
 from hdr_jax.models.unet import UNet  # noqa: E402
 
@@ -103,11 +104,8 @@ def bench_jax(args) -> dict:
   def denoise(s, x, t):
     return nnx.merge(graphdef, s)(x, t, cond)
 
-  # FLOPs of the lowered forward: a GPU executable's cost analysis skips its cuDNN convolutions.
-  fwd = jax.jit(denoise).lower(state, jax.ShapeDtypeStruct(shape, jnp.float32), jnp.int32(0))
-  cost = fwd.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float((cost or {}).get("flops", float("nan")))
+  # Model FLOPs of one forward from its jaxpr (XLA's analysis of a GPU program omits cuDNN convolutions).
+  flops = common.model_flops(denoise, state, jax.ShapeDtypeStruct(shape, jnp.float32), jnp.int32(0)) or float("nan")
 
   # (a) the compiled loop
   loop = jax.jit(lambda s, k: diffusion.sample(lambda x, t: denoise(s, x, t), sched, shape, k, sampler="ddpm",
@@ -313,9 +311,6 @@ def main(argv=None):
 
   peak = None
   if args.peak_tflops == "auto":
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import common
-
     peak = common.matmul_peak_tflops(args.dtype, 8192 if jax.default_backend() != "cpu" else 1024)["tflops"]
     print(f"measured {args.dtype} matmul peak: {peak:.1f} TFLOP/s")
   elif args.peak_tflops:
@@ -343,7 +338,7 @@ def run_size(args, size: str, peak) -> dict:
                  args.steps))
   print(f"\nDDPM sampling: {size} U-Net ({res['params'] / 1e6:.2f} M params), {args.batch}x{args.height}x"
         f"{args.width}, T={args.steps}, {args.dtype}, {res['device']} ({res['backend']}); "
-        f"{flops / 1e9:.1f} GFLOP per step (XLA cost analysis of the lowered forward)")
+        f"{flops / 1e9:.1f} GFLOP per step (model FLOPs)")
   print(f"{'method':40s} {'ms/step':>9s} {'s/sample':>9s} {'TFLOP/s':>8s} {'MFU':>7s}")
   out_rows = []
   for name, s, n in rows:

@@ -13,11 +13,11 @@ For every model (a config in ``configs/``) and dtype (``config.dtype``), in this
   train phase, shown as ``<=`` when an earlier phase set it); on CPU each phase reports the growth of
   the host's resident memory over it (sampled; compilation included) instead, and every row also
   carries XLA's static buffer sizes;
-* FLOPs per frame from XLA's compiled cost analysis of the engine's predict executable; per train
-  step the model FLOPs 3 x forward (XLA's cost analysis of the engine's predict traced at the train
-  batch), since XLA's count of the compiled train step (``flops_xla``, kept in the JSON and flagged
-  ``*`` when it differs by > 25 %) counts the kernel gradient of a depthwise convolution as a dense
-  convolution (C times too many: VAM's separable convolutions). MFU = FLOPs / time / peak, the peak
+* model FLOPs counted from the jaxpr (``common.model_flops``: 2 per multiply-accumulate of every
+  convolution and matrix product) of the engine's predict, per frame; per train step 3 x the forward
+  at the train batch. XLA's own cost analyses (``flops_xla`` of the executable, ``flops_xla_hlo`` of
+  the lowered program) stay in the JSON, flagged ``*`` when they differ by > 25 %: a GPU executable's
+  analysis omits the convolutions that run as cuDNN calls. MFU = FLOPs / time / peak, the peak
   measured per dtype with a large matmul (``--peak_tflops=auto``) or given (``--peak_tflops=989`` or
   ``--peak_tflops=float32=495,bfloat16=989``).
 
@@ -177,9 +177,10 @@ def jax_train(name: str, dtype: str, args, overrides: dict) -> dict:
     t = common.time_repeats(step, repeats=args.repeats, warmup=args.warmup, iters=args.iters, sync=sync)
     metrics = jax.device_get(step())
   peak = common.peak_bytes(dev)
-  # The forward of the same batch, traced only (HLO cost analysis, nothing compiled): model FLOPs = 3 x forward.
-  fwd = eng._make_predict().lower(holder["state"], batch["frames"], batch["exposures"], key)
-  flops_fwd, flops_xla = common.cost_flops(fwd), common.cost_flops(compiled)
+  # Model FLOPs = 3 x the forward of the same batch, counted from its jaxpr (convolutions and matrix
+  # products; nothing compiled). XLA's own counts stay in the JSON: on GPU they omit cuDNN convolutions.
+  flops_fwd = common.model_flops(eng._make_predict(), holder["state"], batch["frames"], batch["exposures"], key)
+  flops_xla = common.cost_flops(compiled)
   out = {"ms_per_step": 1e3 * t["median_s"], "steps_per_s": 1 / t["median_s"],
          "crops_per_s": args.batch / t["median_s"], "min_ms": 1e3 * t["min_s"], "max_ms": 1e3 * t["max_s"],
          "first_call_s": first_s,
@@ -190,7 +191,7 @@ def jax_train(name: str, dtype: str, args, overrides: dict) -> dict:
          "peak_set_here": None if peak is None else (peak_before is None or peak > peak_before),
          "loss": float(metrics["loss"]), "finite": bool(np.isfinite(metrics["loss"]) and metrics["params_finite"] == 1),
          "params": n_params, "batch": args.batch, "patch": args.patch}
-  del holder, batch, compiled, lowered, fwd
+  del holder, batch, compiled, lowered
   gc.collect()
   return out
 
@@ -221,7 +222,7 @@ def jax_infer(name: str, dtype: str, args, overrides: dict) -> dict:
   peak = common.peak_bytes(dev)
   return {"ms": 1e3 * t["median_s"], "min_ms": 1e3 * t["min_s"], "max_ms": 1e3 * t["max_s"],
           "e2e_ms": 1e3 * e2e["median_s"], "first_call_s": first_s, "compile_s": max(0.0, first_s - e2e["median_s"]),
-          "timing": t, "flops": common.cost_flops(compiled) or common.cost_flops(lowered),
+          "timing": t, "flops": common.model_flops(eng._predict, state, f_dev, e_dev, key),
           "flops_xla": common.cost_flops(compiled), "flops_xla_hlo": common.cost_flops(lowered),
           "xla_memory": common.xla_memory(compiled), "peak_bytes": peak,
           "peak_set_here": None if peak is None else (peak0 is None or peak > peak0),
@@ -587,7 +588,7 @@ def format_report(report: dict) -> str:
          "GFLOP/frame", "MFU %", "train mem", "frame mem", "JAX/PT speed train/frame", ""], table_rows))
     lines += [
         "compile s: first call - one call (JAX: trace + XLA compile; torch: cuDNN autotuning, torch.compile).",
-        "GFLOP/step: 3 x forward; GFLOP/frame: XLA's compiled count (*: XLA's counts flops_xla/flops_xla_hlo in the "
+        "GFLOP/step: 3 x forward; GFLOP/frame: model FLOPs from the jaxpr (*: XLA's counts flops_xla/flops_xla_hlo in the "
         "JSON differ); torch: FlopCounterMode (convs/matmuls only).",
         "mem: device peak ('<=': the process high-water mark, set by an earlier phase); rss+: host resident-memory "
         "growth over the phase, compilation included; ~: XLA's static estimate.",

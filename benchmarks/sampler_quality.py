@@ -17,7 +17,6 @@ The issue's target: DDIM-50 within 0.5 dB PSNR-mu of 1000 ancestral steps.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys

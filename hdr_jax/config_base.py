@@ -72,12 +72,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def load_config_file(path) -> ml_collections.ConfigDict:
-  """``get_config()`` of a config file (``configs/<name>.py``), loaded by path as the trainer does."""
+def load_config_file(path, arg: str = "") -> ml_collections.ConfigDict:
+  """``get_config()`` (``get_config(arg)`` for a variant, as ``configs/gan.py:vam``) of a config file
+  (``configs/<name>.py``), loaded by path as the trainer does."""
   path = Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"{path} does not exist")
   spec = importlib.util.spec_from_file_location(f"_hdr_jax_config_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module.get_config(arg) if arg else module.get_config()

@@ -217,3 +217,46 @@ def test_quality_benchmark_tiny(quality_run):
 
   fig = hio.read_ldr_png(out / "quality_crops.png")  # 2 levels x (3 inputs, merge, 2 models, target)
   assert fig.shape[0] > 2 * 32 and fig.shape[1] >= 7 * 32 and fig.std() > 0.01
+
+
+def _zero_state(e):
+  abstract = nnx.state(nnx.eval_shape(lambda: e.task.create(jax.random.key(0))))
+  return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract)  # every value known
+
+
+def _assert_only_copied(state, saved_fe, prefixes):
+  after = traversals.flatten_mapping(jax.device_get(state.to_pure_dict()))
+  for prefix in prefixes:
+    fe = {k[len(prefix):]: v for k, v in after.items() if k[:len(prefix)] == prefix}
+    assert len(fe) == len(saved_fe) > 50, prefix
+    for k, v in fe.items():
+      np.testing.assert_array_equal(v, saved_fe[tuple(str(x) for x in k)], err_msg=str(prefix + k))
+  rest = [v for k, v in after.items() if not any(k[:len(p)] == p for p in prefixes)]
+  assert rest and all(not np.any(v) for v in rest)
+
+
+def test_gan_and_diffusion_start_from_the_ldae_feature_extractor(quality_run, tmp_path):
+  """config.init.feature_extractor for the GAN (generator's model.fe) and the conditional DDPM (the
+  VAM+DRDB encoder in the network and its EMA copy); a DDPM with the 'conv' encoder is refused."""
+  workdir = quality_run[0] / "runs" / "ldae_s0"
+  saved = traversals.flatten_mapping(_checkpoint(workdir)["model"]["fe"])
+
+  c = config_base.load_config_file(ROOT / "configs" / "gan.py", "vam_drdb")
+  c.data.cache_dir = str(tmp_path)
+  c.model = ml_collections.ConfigDict(dict(name="vam_drdb", **SMALL_STEM))
+  e = engine.Engine(c)
+  _assert_only_copied(e.task.load_feature_extractor(e, _zero_state(e), str(workdir)), saved, [("model", "fe")])
+
+  c = config_base.load_config_file(ROOT / "configs" / "diffusion.py")
+  c.data.cache_dir = str(tmp_path)
+  c.model.cond_encoder = "vam_drdb"
+  c.model.cond_vam_drdb = ml_collections.ConfigDict(dict(c.model.cond_vam_drdb, **SMALL_STEM))
+  e = engine.Engine(c)
+  state = e.task.load_feature_extractor(e, _zero_state(e), str(workdir))
+  _assert_only_copied(state, saved, [("model", "encoder", "fe"), ("ema", "encoder", "fe")])
+
+  c.model.cond_encoder = "conv"
+  e = engine.Engine(c)
+  with pytest.raises(ValueError, match="cond_encoder='vam_drdb'") as err:
+    e.task.load_feature_extractor(e, None, str(workdir))
+  assert str(workdir) in str(err.value)

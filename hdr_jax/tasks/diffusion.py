@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from hdr_jax import diffusion
+from hdr_jax import diffusion, pretrain
 from hdr_jax.tasks.base import Task, make_optimizer
 
 
@@ -67,6 +67,19 @@ class DiffusionTask(Task):
     self.schedule = diffusion.schedule_from_config(d)
     diffusion.sampling_plan(config.sampler.name, d.timesteps, config.sampler.steps)  # validates steps
     self.conditional = bool(config.model.get("conditional", True))
+
+  def load_feature_extractor(self, engine, state, workdir):
+    """Starts the conditioning encoder's VAM+DRDB feature extractor, in the network and in its EMA
+    copy (``model.encoder.fe``, ``ema.encoder.fe``), from an l-DAE or any HDR-VAM workdir
+    (``config.init.feature_extractor``); the U-Net and the encoder's projection stay as initialised.
+    The encoder's stem (``model.cond_vam_drdb``) must match the pretrained one."""
+    m = self.config.model
+    if not self.conditional or m.get("cond_encoder", "vam_drdb") != "vam_drdb":
+      raise ValueError(f"config.init.feature_extractor={workdir}: needs the VAM+DRDB conditioning encoder "
+                       f"(model.conditional=True, model.cond_encoder='vam_drdb'); this config has conditional="
+                       f"{self.conditional}, cond_encoder={m.get('cond_encoder')!r}")
+    return pretrain.load_feature_extractor(engine, state, workdir,
+                                           paths=(("model", "encoder", "fe"), ("ema", "encoder", "fe")))
 
   def create(self, key) -> DiffusionBundle:
     model = self.build_model(self.config.model, key)

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from hdr_jax import hdr_math, models
+from hdr_jax import hdr_math, models, pretrain
 from hdr_jax.models.discriminator import NoiseGenerator, PatchDiscriminator
 from hdr_jax.tasks.base import Task, make_optimizer
 from hdr_jax.tasks.regression import set_mode
@@ -105,6 +105,11 @@ class GanTask(Task):
     self._warned = False
 
   # ---------------------------------------------------------------------------------------------
+  def load_feature_extractor(self, engine, state, workdir):
+    """Starts the generator's feature extractor (``model.fe`` of an HDR-VAM generator) from an l-DAE
+    or any HDR-VAM workdir (``config.init.feature_extractor``); the discriminator stays as initialised."""
+    return pretrain.load_feature_extractor(engine, state, workdir)
+
   def create(self, key) -> GanBundle:
     g_key, d_key = jax.random.split(key)
     kw = dict(dtype=self.dtype, param_dtype=jnp.float32)
