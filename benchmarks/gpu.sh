@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The prepared benchmark run for the lent GPU machine (H100/H200, 16 cores, no network), ~9 minutes wall:
-#   1. benchmarks/diffusion_sampling.py: DDPM sampling at 8 x 128^2, T=1000, bf16, U-Net sizes full, matched
-#      and ddpm, compiled loop vs Python stepping vs eager PyTorch, DDIM-50, MFU against a measured peak;
+#   1. benchmarks/diffusion_sampling.py: DDPM sampling at 8 x 128^2, T=1000, bf16, U-Net sizes full and
+#      matched (add ddpm through DIFFUSION_ARGS: ~60 s more), compiled loop vs Python stepping vs eager PyTorch, DDIM-50, MFU against a measured peak;
 #   2. benchmarks/models.py: ahdrnet, vam, vam_drdb x float32, bfloat16: JAX train step (batch 8 x 256^2),
 #      full-frame inference (1060x1900), FLOPs/MFU, peak memory; the official PyTorch AHDRNet beside them
 #      (when torch imports);
@@ -14,7 +14,8 @@
 # pipeline.json, profile_unet/summary.json, status.jsonl and gpu.log (all output); a short table is
 # printed last.
 #
-# Device call (from the repository root, `.whl` made by ../shared/device/wheels.sh and named in carry):
+# Device call (from the repository root; `.whl` made by `bash ../shared/device/wheels.sh tensorboardX==2.6.5`
+# and named in carry; the trainer needs tensorboardX, which the device image lacks):
 #   bash benchmarks/gpu.sh
 # Knobs (environment): BUDGET (560 s), MODELS, DTYPES, BATCH, PATCH, HEIGHT, WIDTH, REPEATS, *_TIMEOUT,
 # MODELS_DEADLINE, and extra flags MODELS_ARGS (e.g. "--torch_compile"), PIPELINE_ARGS, DIFFUSION_ARGS,
@@ -50,14 +51,14 @@ WIDTH=${WIDTH:-1900}
 REPEATS=${REPEATS:-10}
 MODELS_TIMEOUT=${MODELS_TIMEOUT:-230}
 MODELS_DEADLINE=${MODELS_DEADLINE:-170}  # at most; less when the budget or MODELS_TIMEOUT is short
-PIPELINE_TIMEOUT=${PIPELINE_TIMEOUT:-50}
+PIPELINE_TIMEOUT=${PIPELINE_TIMEOUT:-90}
 DIFFUSION_TIMEOUT=${DIFFUSION_TIMEOUT:-150}
 QUALITY_TIMEOUT=${QUALITY_TIMEOUT:-130}
 PROFILE_TIMEOUT=${PROFILE_TIMEOUT:-45}
 CMDBUF_TIMEOUT=${CMDBUF_TIMEOUT:-45}
 MODELS_ARGS=${MODELS_ARGS:-}
 PIPELINE_ARGS=${PIPELINE_ARGS:---crops_per_scene=1,4}
-DIFFUSION_ARGS=${DIFFUSION_ARGS:---size=full,matched,ddpm --dtype=bfloat16 --repeats=2 --torch_steps=20}
+DIFFUSION_ARGS=${DIFFUSION_ARGS:---size=full,matched --dtype=bfloat16 --repeats=2 --torch_steps=20}
 CMDBUF_ARGS=${CMDBUF_ARGS:---size=matched --dtype=bfloat16 --repeats=2}
 QUALITY_ARGS=${QUALITY_ARGS:---train_steps=3000 --val_scenes=8 --seeds=0,1 --samplers=ddpm,ddim:50,ddim:25 \
 --set=batch_size=32 --set=data.num_workers=4}
@@ -104,7 +105,7 @@ log "gpu.sh $(date -u +%FT%TZ) in $PWD, OUT=$OUT, budget ${BUDGET}s"
 if command -v nvidia-smi > /dev/null; then
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv 2>&1 | tee -a "$LOG"
 fi
-step preflight 60 "$PY" -c "import sys, jax, flax, optax, grain, ml_collections; \
+step preflight 60 "$PY" -c "import sys, jax, flax, optax, grain, ml_collections, tensorboardX; \
 print(sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())"
 
 TORCH=()
