@@ -26,6 +26,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.distributed = "auto"  # auto: jax.distributed.initialize() when a multi-process environment is detected
   c.progress = True  # progress bar with rate and ETA
   c.nan_check = True  # stop with a clear message on a NaN/inf loss, before any checkpoint of it
+  # Persistent XLA compilation cache: auto (GPU/TPU: $HDR_JAX_CACHE/xla or ~/.cache/hdr_jax/xla; CPU: off),
+  # '' (off) or a directory. A restarted run loads its compiled programs instead of recompiling them.
+  c.compilation_cache = "auto"
 
   # Data. data.root unset: the embedded dataset (synthesised once into data.cache_dir).
   c.data = ml_collections.ConfigDict()

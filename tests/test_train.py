@@ -181,3 +181,17 @@ def test_overfitting_a_few_scenes_beats_the_medium_frame(tmp_path):
   assert np.isfinite(float(m["loss"]))
   assert means["psnr_mu"] > start["psnr_mu"] + 10
   assert means["psnr_mu"] > means["baseline_psnr_mu"] + 2.0, means
+
+
+def test_compilation_cache_is_filled_then_reused(tmp_path):
+  """config.compilation_cache=DIR: the first run stores its compiled programs there, a second run of the
+  same model (another workdir) finds them all and stores nothing new."""
+  cache_dir = tmp_path / "xla"
+  args = ["-m", "hdr_jax.train", "--config=configs/ahdrnet.py", *TINY, "--config.num_train_steps=2",
+          "--config.eval_every=2", "--config.checkpoint_every=2", f"--config.compilation_cache={cache_dir}"]
+  env = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}  # store every program, however quick
+  run([*args, f"--workdir={tmp_path / 'a'}"], tmp_path / "cache", env_extra=env)
+  first = sorted(p.name for p in cache_dir.iterdir())
+  assert len(first) >= 3, first  # at least init, train step and predict
+  run([*args, f"--workdir={tmp_path / 'b'}"], tmp_path / "cache", env_extra=env)
+  assert sorted(p.name for p in cache_dir.iterdir()) == first
