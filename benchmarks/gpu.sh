@@ -14,8 +14,8 @@
 # pipeline.json, profile_unet/summary.json, status.jsonl and gpu.log (all output); a short table is
 # printed last.
 #
-# Device call (from the repository root; `.whl` made by `bash ../shared/device/wheels.sh tensorboardX==2.6.5`
-# and named in carry; the trainer needs tensorboardX, which the device image lacks):
+# Device call (from the repository root; `.whl` made by `bash benchmarks/device_wheels.sh`, which adds
+# tensorboardX and tensorflow-datasets to ../shared/device/wheels.sh's set, and named in carry):
 #   bash benchmarks/gpu.sh
 # Knobs (environment): BUDGET (560 s), MODELS, DTYPES, BATCH, PATCH, HEIGHT, WIDTH, REPEATS, *_TIMEOUT,
 # MODELS_DEADLINE, and extra flags MODELS_ARGS (e.g. "--torch_compile"), PIPELINE_ARGS, DIFFUSION_ARGS,
