@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The prepared benchmark run for the lent GPU machine (H100/H200, 16 cores, no network), ~9 minutes wall:
-#   1. benchmarks/diffusion_sampling.py: DDPM sampling at 8 x 128^2, T=1000, bf16, U-Net sizes full and
-#      matched (add ddpm through DIFFUSION_ARGS: ~60 s more), compiled loop vs Python stepping vs eager PyTorch, DDIM-50, MFU against a measured peak;
-#   2. benchmarks/models.py: ahdrnet, vam, vam_drdb x float32, bfloat16: JAX train step (batch 8 x 256^2),
+# The prepared benchmark run for the lent GPU machine (H100/H200, 16 cores, no network), ~9 minutes wall,
+# in this order (what the last runs did not measure first):
+#   1. benchmarks/sampler_quality.py: train the small conditional DDPM, then DDIM-50/25 vs 1000 ancestral;
+#   2. benchmarks/models.py: vam, vam_drdb, ahdrnet x float32, bfloat16: JAX train step (batch 8 x 256^2),
 #      full-frame inference (1060x1900), FLOPs/MFU, peak memory; the official PyTorch AHDRNet beside them
 #      (when torch imports);
-#   3. benchmarks/sampler_quality.py: train the small conditional DDPM, then DDIM-50/25 vs 1000 ancestral;
-#   4. the input pipeline's delivered crops/s against the fastest train step;
+#   3. the input pipeline's delivered crops/s against the fastest train step;
+#   4. benchmarks/diffusion_sampling.py: DDPM sampling at 8 x 128^2, T=1000, bf16, U-Net sizes full and
+#      matched (add ddpm through DIFFUSION_ARGS: ~60 s more), compiled loop vs Python stepping vs eager
+#      PyTorch, DDIM-50, MFU against a measured peak;
 #   5. the compiled sampling loop again with XLA's command buffers (CUDA graphs) for while loops;
 #   6. benchmarks/profile_step.py on the U-Net forward (kernel table), if time is left.
 # Each step runs under `timeout` inside an overall budget; a failed or timed-out step is recorded and the
@@ -21,7 +23,8 @@
 # MODELS_DEADLINE, and extra flags MODELS_ARGS (e.g. "--torch_compile"), PIPELINE_ARGS, DIFFUSION_ARGS,
 # QUALITY_ARGS, CMDBUF_ARGS; SKIP (comma-separated step names: diffusion, models, quality, pipeline, cmdbuf,
 # profile).
-# models.py runs ahdrnet (then PyTorch) first: a run cut short by its deadline loses the later models only.
+# models.py runs the models in MODELS order (PyTorch right after ahdrnet): a run cut short by its deadline
+# loses the later ones only.
 # Local dry run (no wheel install, tiny sizes):
 #   HDR_BENCH_NO_INSTALL=1 PYTHON=/work/venv/bin/python OUT=/tmp/gpu_out BATCH=2 PATCH=64 HEIGHT=64 WIDTH=96 \
 #     REPEATS=2 MODELS=ahdrnet DTYPES=float32 PIPELINE_ARGS="--pipeline_height=128 --pipeline_width=192 \
@@ -42,15 +45,15 @@ export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 OUT=${OUT:-$PWD/benchmarks/out/gpu}
 BUDGET=${BUDGET:-560}                  # seconds for the whole script; each step's timeout fits inside it
-MODELS=${MODELS:-ahdrnet,vam,vam_drdb}
+MODELS=${MODELS:-vam,vam_drdb,ahdrnet}
 DTYPES=${DTYPES:-float32,bfloat16}
 BATCH=${BATCH:-8}
 PATCH=${PATCH:-256}
 HEIGHT=${HEIGHT:-1060}
 WIDTH=${WIDTH:-1900}
 REPEATS=${REPEATS:-10}
-MODELS_TIMEOUT=${MODELS_TIMEOUT:-230}
-MODELS_DEADLINE=${MODELS_DEADLINE:-170}  # at most; less when the budget or MODELS_TIMEOUT is short
+MODELS_TIMEOUT=${MODELS_TIMEOUT:-300}
+MODELS_DEADLINE=${MODELS_DEADLINE:-230}  # at most; less when the budget or MODELS_TIMEOUT is short
 PIPELINE_TIMEOUT=${PIPELINE_TIMEOUT:-90}
 DIFFUSION_TIMEOUT=${DIFFUSION_TIMEOUT:-150}
 QUALITY_TIMEOUT=${QUALITY_TIMEOUT:-130}
@@ -116,9 +119,10 @@ else
   log "torch is not importable here: the PyTorch comparison is skipped"
 fi
 
-# shellcheck disable=SC2086  # *_ARGS are word lists on purpose
-step diffusion "$DIFFUSION_TIMEOUT" "$PY" benchmarks/diffusion_sampling.py --json="$OUT/diffusion_sampling.json" \
-  --peak_tflops=auto $DIFFUSION_ARGS
+# shellcheck disable=SC2086
+step quality "$QUALITY_TIMEOUT" "$PY" benchmarks/sampler_quality.py --workdir=/tmp/hdr_sampler_quality \
+  --json="$OUT/sampler_quality.json" $QUALITY_ARGS
+
 
 # models.py starts no new measurement after its deadline: keep ~70 s for the one in flight under the timeout
 DEADLINE=$((BUDGET - SECONDS - 5 - 70))
@@ -130,15 +134,15 @@ step models "$MODELS_TIMEOUT" "$PY" benchmarks/models.py --models="$MODELS" --dt
   --deadline_s="$DEADLINE" --json="$OUT/models.json" $MODELS_ARGS
 
 
-# shellcheck disable=SC2086
-step quality "$QUALITY_TIMEOUT" "$PY" benchmarks/sampler_quality.py --workdir=/tmp/hdr_sampler_quality \
-  --json="$OUT/sampler_quality.json" $QUALITY_ARGS
-
 CONSUMPTION=()
 [ -f "$OUT/models.json" ] && CONSUMPTION=(--consumption_from="$OUT/models.json")
 # shellcheck disable=SC2086
 step pipeline "$PIPELINE_TIMEOUT" "$PY" benchmarks/models.py --models= --pipeline --batch="$BATCH" --patch="$PATCH" \
   "${CONSUMPTION[@]}" --json="$OUT/pipeline.json" $PIPELINE_ARGS
+
+# shellcheck disable=SC2086  # *_ARGS are word lists on purpose
+step diffusion "$DIFFUSION_TIMEOUT" "$PY" benchmarks/diffusion_sampling.py --json="$OUT/diffusion_sampling.json" \
+  --peak_tflops=auto $DIFFUSION_ARGS
 
 # The compiled sampling loop with XLA's while loops recorded as CUDA graphs (command buffers).
 # shellcheck disable=SC2086
