@@ -69,6 +69,22 @@ def model_kwargs(size: str, conditional: bool) -> dict:
   return kw
 
 
+def parse_model_set(items) -> dict:
+  """``--model_set KEY=VALUE`` -> U-Net keyword overrides (values parsed as Python literals if they can be)."""
+  import ast
+
+  out = {}
+  for item in items or ():
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+      raise ValueError(f"--model_set: expected KEY=VALUE, got {item!r}")
+    try:
+      out[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      out[key] = value
+  return out
+
+
 def median_times(fns, repeats: int) -> list[float]:
   """Median wall time of each function, the runs interleaved (fair under drifting machine load)."""
   times = [[] for _ in fns]
@@ -87,7 +103,7 @@ def median_times(fns, repeats: int) -> list[float]:
 
 def bench_jax(args) -> dict:
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
-  kw = model_kwargs(args.size, args.conditional)
+  kw = {**model_kwargs(args.size, args.conditional), **parse_model_set(args.model_set)}
   create = lambda: UNet(**kw, dtype=dtype, rngs=nnx.Rngs(0))
   graphdef, _ = nnx.split(nnx.eval_shape(create))
   with jax.threefry_partitionable(False):  # one compiled init program (eager init compiles per shape)
@@ -300,6 +316,8 @@ def main(argv=None):
   p.add_argument("--no_torch", action="store_true")
   p.add_argument("--conditional", action="store_true", help="conditional U-Net (features computed once)")
   p.add_argument("--unroll", type=int, default=1, help="lax.scan unroll of the compiled loop")
+  p.add_argument("--model_set", action="append", default=[],
+                 help="JAX U-Net keyword override KEY=VALUE, e.g. gn_stats=channel (repeatable)")
   p.add_argument("--peak_tflops", default=None,
                  help="device peak for MFU (dtype-matched): TFLOP/s, or 'auto' to measure a matmul (8192^3; CPU 1024^3)")
   p.add_argument("--json", default=str(ROOT / "benchmarks" / "out" / "diffusion_sampling.json"))

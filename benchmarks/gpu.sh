@@ -9,7 +9,8 @@
 #   4. benchmarks/diffusion_sampling.py: DDPM sampling at 8 x 128^2, T=1000, bf16, U-Net sizes full and
 #      matched (add ddpm through DIFFUSION_ARGS: ~60 s more), compiled loop vs Python stepping vs eager
 #      PyTorch, DDIM-50, MFU against a measured peak;
-#   5. the compiled sampling loop again with XLA's command buffers (CUDA graphs) for while loops;
+#   5. the compiled sampling loop again with GroupNorm statistics reduced per channel (model.gn_stats), and
+#      with XLA's command buffers (CUDA graphs) for while loops;
 #   6. benchmarks/profile_step.py on the U-Net forward (kernel table), if time is left.
 # Each step runs under `timeout` inside an overall budget; a failed or timed-out step is recorded and the
 # rest goes on. Everything lands in $OUT: diffusion_sampling.json, models.json, sampler_quality.json,
@@ -21,8 +22,8 @@
 #   bash benchmarks/gpu.sh
 # Knobs (environment): BUDGET (560 s), MODELS, DTYPES, BATCH, PATCH, HEIGHT, WIDTH, REPEATS, *_TIMEOUT,
 # MODELS_DEADLINE, and extra flags MODELS_ARGS (e.g. "--torch_compile"), PIPELINE_ARGS, DIFFUSION_ARGS,
-# QUALITY_ARGS, CMDBUF_ARGS; SKIP (comma-separated step names: diffusion, models, quality, pipeline, cmdbuf,
-# profile).
+# QUALITY_ARGS, CMDBUF_ARGS (also used by gnstats); SKIP (comma-separated step names: quality, models,
+# pipeline, diffusion, gnstats, cmdbuf, profile).
 # models.py runs the models in MODELS order (PyTorch right after ahdrnet): a run cut short by its deadline
 # loses the later ones only.
 # Local dry run (no wheel install, tiny sizes):
@@ -59,6 +60,7 @@ DIFFUSION_TIMEOUT=${DIFFUSION_TIMEOUT:-150}
 QUALITY_TIMEOUT=${QUALITY_TIMEOUT:-130}
 PROFILE_TIMEOUT=${PROFILE_TIMEOUT:-45}
 CMDBUF_TIMEOUT=${CMDBUF_TIMEOUT:-45}
+GNSTATS_TIMEOUT=${GNSTATS_TIMEOUT:-45}
 MODELS_ARGS=${MODELS_ARGS:-}
 PIPELINE_ARGS=${PIPELINE_ARGS:---crops_per_scene=1,4}
 DIFFUSION_ARGS=${DIFFUSION_ARGS:---size=full,matched --dtype=bfloat16 --repeats=2 --torch_steps=20}
@@ -144,6 +146,12 @@ step pipeline "$PIPELINE_TIMEOUT" "$PY" benchmarks/models.py --models= --pipelin
 step diffusion "$DIFFUSION_TIMEOUT" "$PY" benchmarks/diffusion_sampling.py --json="$OUT/diffusion_sampling.json" \
   --peak_tflops=auto $DIFFUSION_ARGS
 
+# The same compiled loop with GroupNorm's statistics reduced per channel first (compare with the matched
+# row of the diffusion step above).
+# shellcheck disable=SC2086
+step gnstats "$GNSTATS_TIMEOUT" "$PY" benchmarks/diffusion_sampling.py --json="$OUT/diffusion_gnstats.json" \
+  --no_torch --ddim_steps=0 --python_steps=20 --model_set=gn_stats=channel $CMDBUF_ARGS
+
 # The compiled sampling loop with XLA's while loops recorded as CUDA graphs (command buffers).
 # shellcheck disable=SC2086
 XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL" \
@@ -162,7 +170,7 @@ find "$OUT" -name '*.xplane.pb' -delete 2> /dev/null
   if [ "${#SUMMARIES[@]}" -gt 0 ]; then
     "$PY" benchmarks/models.py --summary="$(IFS=,; echo "${SUMMARIES[*]}")" 2>&1
   fi
-  for f in diffusion_sampling diffusion_cmdbuf sampler_quality; do
+  for f in diffusion_sampling diffusion_gnstats diffusion_cmdbuf sampler_quality; do
     [ -f "$OUT/$f.json" ] || continue
     echo "$f.json:"
     "$PY" -c "import json, sys

@@ -54,6 +54,7 @@ def get_config(arg: str = ""):
   c.model.cond_vam_drdb = ml_collections.ConfigDict(
       dict(drdb_blocks=1, drdb_channels=16, drdb_growth=8, drdb_layers=2, drdb_reference=True, polyphase=True))
   c.model.cond_conv_hidden = 32  # used by cond_encoder='conv'
+  c.model.gn_stats = "group"  # group | channel: how GroupNorm reduces its statistics (same values)
 
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.timesteps = 1000

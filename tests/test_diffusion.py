@@ -444,3 +444,30 @@ def test_train_command_end_to_end(tmp_path):
   assert summary["step"] == 2 and summary["checkpoints"] == [2]
   assert np.isfinite(summary["eval"]["psnr_mu"])
   assert any((tmp_path / "run" / "images").rglob("*.png"))
+
+
+@pytest.mark.parametrize("stats", ["group", "channel"])
+def test_unet_group_norm_matches_numpy_and_nnx(stats):
+  """The U-Net's GroupNorm (statistics folded into a per-channel scale and shift; 'group' or 'channel'
+  reduction order) against a float64 NumPy transcription and flax's nnx.GroupNorm, with SiLU fused."""
+  from flax import nnx
+
+  from hdr_jax.models.unet import GroupNorm
+
+  x = 3.0 * jax.random.normal(jax.random.key(0), (2, 6, 10, 64)) + 1.5
+  gn = GroupNorm(64, 8, stats=stats)
+  gn.scale.value = jax.random.normal(jax.random.key(1), (64,))
+  gn.bias.value = jax.random.normal(jax.random.key(2), (64,))
+  xs = np.asarray(x, np.float64).reshape(2, 60, 8, 8)
+  ref = (xs - xs.mean(axis=(1, 3), keepdims=True)) / np.sqrt(xs.var(axis=(1, 3), keepdims=True) + 1e-6)
+  ref = ref.reshape(2, 6, 10, 64) * np.asarray(gn.scale.value) + np.asarray(gn.bias.value)
+  np.testing.assert_allclose(gn(x), ref, atol=2e-5, rtol=1e-5)
+  np.testing.assert_allclose(gn(x, silu=True), ref / (1 + np.exp(-ref)), atol=2e-5, rtol=1e-5)
+  flax_gn = nnx.GroupNorm(64, num_groups=8, epsilon=1e-6, rngs=nnx.Rngs(0))
+  flax_gn.scale.value, flax_gn.bias.value = gn.scale.value, gn.bias.value
+  np.testing.assert_allclose(gn(x), flax_gn(x), atol=2e-5, rtol=1e-5)
+  bf = GroupNorm(64, 8, stats=stats, dtype=jnp.bfloat16)
+  nnx.update(bf, nnx.state(gn))
+  assert bf(x.astype(jnp.bfloat16)).dtype == jnp.bfloat16
+  with pytest.raises(ValueError, match="gn_stats"):
+    GroupNorm(64, 8, stats="rows")

@@ -38,6 +38,7 @@ from hdr_jax.models import vam
 from hdr_jax.models.layers import pad_to_multiple
 
 COND_ENCODERS = ("vam_drdb", "conv")
+GN_STATS = ("group", "channel")
 
 
 def timestep_embedding(t, dim: int, max_period: float = 10000.0):
@@ -68,10 +69,13 @@ class GroupNorm(nnx.Module):
   folding them into a ``(B, C)`` scale and shift first makes the U-Net's forward ~13% faster on an
   H200 (bf16, 8 x 128x128)."""
 
-  def __init__(self, channels: int, groups: int, *, epsilon: float = 1e-6, dtype=jnp.float32,
-               param_dtype=jnp.float32, rngs=None):
+  def __init__(self, channels: int, groups: int, *, epsilon: float = 1e-6, stats: str = "group",
+               dtype=jnp.float32, param_dtype=jnp.float32, rngs=None):
     if channels % groups:
       raise ValueError(f"GroupNorm: {channels} channels do not split into {groups} groups")
+    if stats not in GN_STATS:
+      raise ValueError(f"config.model.gn_stats: unknown {stats!r}; choose one of {GN_STATS}")
+    self.stats = stats
     self.scale = nnx.Param(jnp.ones((channels,), param_dtype))
     self.bias = nnx.Param(jnp.zeros((channels,), param_dtype))
     self.groups = groups
@@ -81,9 +85,15 @@ class GroupNorm(nnx.Module):
   def __call__(self, x, silu: bool = False):
     b, h, w, c = x.shape
     g = self.groups
-    xf = x.astype(jnp.float32).reshape(b, h * w, g, c // g)
-    mean = xf.mean(axis=(1, 3))
-    var = jnp.maximum(jnp.square(xf).mean(axis=(1, 3)) - jnp.square(mean), 0.0)
+    xf = x.astype(jnp.float32)
+    if self.stats == "group":  # one reduction over (H*W, C/G) per (B, G)
+      xg = xf.reshape(b, h * w, g, c // g)
+      mean, mean_sq = xg.mean(axis=(1, 3)), jnp.square(xg).mean(axis=(1, 3))
+    else:  # 'channel': per-channel sums over H, W (the channel axis stays contiguous), then per group
+      n = h * w * (c // g)
+      mean = xf.sum(axis=(1, 2)).reshape(b, g, c // g).sum(-1) / n
+      mean_sq = jnp.square(xf).sum(axis=(1, 2)).reshape(b, g, c // g).sum(-1) / n
+    var = jnp.maximum(mean_sq - jnp.square(mean), 0.0)
     inv = jax.lax.rsqrt(var + self.epsilon)  # (B, G)
     gamma = self.scale[...].astype(jnp.float32).reshape(g, c // g)
     mul = (inv[:, :, None] * gamma).reshape(b, c)
@@ -101,12 +111,13 @@ class ResBlock(nnx.Module):
   out_ch): the U-Net computes all blocks' projections in one matrix product (:meth:`UNet.__call__`).
   """
 
-  def __init__(self, in_ch: int, out_ch: int, temb_dim: int, groups: int, *, dtype, param_dtype, rngs):
+  def __init__(self, in_ch: int, out_ch: int, temb_dim: int, groups: int, *, gn_stats: str = "group", dtype,
+               param_dtype, rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.norm1 = GroupNorm(in_ch, _groups(in_ch, groups), **kw)
+    self.norm1 = GroupNorm(in_ch, _groups(in_ch, groups), stats=gn_stats, **kw)
     self.conv1 = nnx.Conv(in_ch, out_ch, (3, 3), **kw)
     self.temb = nnx.Linear(temb_dim, out_ch, **kw)
-    self.norm2 = GroupNorm(out_ch, _groups(out_ch, groups), **kw)
+    self.norm2 = GroupNorm(out_ch, _groups(out_ch, groups), stats=gn_stats, **kw)
     self.conv2 = nnx.Conv(out_ch, out_ch, (3, 3), kernel_init=nnx.initializers.zeros, **kw)
     self.skip = nnx.Conv(in_ch, out_ch, (1, 1), **kw) if in_ch != out_ch else None
 
@@ -120,10 +131,10 @@ class ResBlock(nnx.Module):
 class AttnBlock(nnx.Module):
   """Multi-head self-attention over all positions (GN, qkv 1x1, softmax, zero-initialised proj)."""
 
-  def __init__(self, ch: int, head_dim: int, groups: int, *, dtype, param_dtype, rngs):
+  def __init__(self, ch: int, head_dim: int, groups: int, *, gn_stats: str = "group", dtype, param_dtype, rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.heads = max(1, ch // head_dim)
-    self.norm = GroupNorm(ch, _groups(ch, groups), **kw)
+    self.norm = GroupNorm(ch, _groups(ch, groups), stats=gn_stats, **kw)
     self.qkv = nnx.Linear(ch, 3 * ch, **kw)
     self.proj = nnx.Linear(ch, ch, kernel_init=nnx.initializers.zeros, **kw)
 
@@ -191,12 +202,17 @@ class UNet(nnx.Module):
       ``drdb_growth``, ``drdb_layers``, ``drdb_reference``, ``polyphase``; default
       ``vam.VAM_DRDB_DEFAULTS``).
     cond_conv_hidden: hidden width of the ``'conv'`` encoder.
+    gn_stats: how GroupNorm reduces its statistics: ``'group'`` (one reduction over ``(H*W, C/G)`` per
+      group) or ``'channel'`` (per-channel sums over ``H, W``, then per group); the same values to
+      float32 rounding, two ways for XLA to schedule the reduction (GroupNorm statistics were 24 % of
+      the U-Net's kernel time on an H200; ``benchmarks/diffusion_sampling.py --model_set`` compares).
   """
 
   def __init__(self, *, ch: int = 64, ch_mult=(1, 2, 2), num_res_blocks: int = 2, attn_levels=None,
                head_dim: int = 64, groups: int = 32, out_channels: int = 3, conditional: bool = True,
                cond_encoder: str = "vam_drdb", cond_channels: int = 32, cond_all_scales: bool = True,
-               cond_vam_drdb=None, cond_conv_hidden: int = 64, dtype=jnp.float32, param_dtype=jnp.float32,
+               cond_vam_drdb=None, cond_conv_hidden: int = 64, gn_stats: str = "group", dtype=jnp.float32,
+               param_dtype=jnp.float32,
                rngs: nnx.Rngs):
     ch_mult = tuple(int(m) for m in ch_mult)
     levels = len(ch_mult)
@@ -225,7 +241,7 @@ class UNet(nnx.Module):
     self.conv_in = nnx.Conv(3 + (cond_channels if conditional else 0), ch, (3, 3), **kw)
 
     def attn(c):
-      return AttnBlock(c, head_dim, groups, **kw)
+      return AttnBlock(c, head_dim, groups, gn_stats=gn_stats, **kw)
 
     chans, skips = ch, [ch]
     down, down_attn, downsample, cond_proj = [], [], [], []
@@ -234,7 +250,7 @@ class UNet(nnx.Module):
       if self.cond_all_scales:
         cond_proj.append(nnx.Conv(cond_channels, chans, (1, 1), kernel_init=nnx.initializers.zeros, **kw))
       for _ in range(num_res_blocks):
-        down.append(ResBlock(chans, out, temb_dim, groups, **kw))
+        down.append(ResBlock(chans, out, temb_dim, groups, gn_stats=gn_stats, **kw))
         down_attn.append(attn(out) if i in attn_levels else None)
         chans = out
         skips.append(chans)
@@ -245,14 +261,14 @@ class UNet(nnx.Module):
     self.down_attn = nnx.List(down_attn)
     self.downsample = nnx.List(downsample)
     self.cond_proj = nnx.List(cond_proj)
-    self.mid1 = ResBlock(chans, chans, temb_dim, groups, **kw)
+    self.mid1 = ResBlock(chans, chans, temb_dim, groups, gn_stats=gn_stats, **kw)
     self.mid_attn = attn(chans)
-    self.mid2 = ResBlock(chans, chans, temb_dim, groups, **kw)
+    self.mid2 = ResBlock(chans, chans, temb_dim, groups, gn_stats=gn_stats, **kw)
     up, up_attn, upsample = [], [], []
     for i in reversed(range(levels)):
       out = ch * ch_mult[i]
       for _ in range(num_res_blocks + 1):
-        up.append(ResBlock(chans + skips.pop(), out, temb_dim, groups, **kw))
+        up.append(ResBlock(chans + skips.pop(), out, temb_dim, groups, gn_stats=gn_stats, **kw))
         up_attn.append(attn(out) if i in attn_levels else None)
         chans = out
       if i != 0:
@@ -260,7 +276,7 @@ class UNet(nnx.Module):
     self.up = nnx.List(up)
     self.up_attn = nnx.List(up_attn)
     self.upsample = nnx.List(upsample)
-    self.norm_out = GroupNorm(chans, _groups(chans, groups), **kw)
+    self.norm_out = GroupNorm(chans, _groups(chans, groups), stats=gn_stats, **kw)
     self.conv_out = nnx.Conv(chans, out_channels, (3, 3), kernel_init=nnx.initializers.zeros, **kw)
 
   def encode(self, frames, exposures):
