@@ -38,6 +38,7 @@ _KINDS = (("conv", re.compile(r"conv|cudnn|xmma_fprop|dgrad|wgrad|implicit_gemm|
           ("gemm", re.compile(r"gemm|cutlass|nvjet|cublas|dot", re.I)),
           ("triton", re.compile(r"triton", re.I)),
           ("reduce", re.compile(r"reduc|input_reduce|row_reduction|column_reduction", re.I)),
+          ("concatenate", re.compile(r"concatenate", re.I)),
           ("copy/transpose", re.compile(r"copy|transpose|memcpy|memset", re.I)),
           ("fusion", re.compile(r"fusion|loop_|input_", re.I)))
 
@@ -76,7 +77,8 @@ def summarize(trace_dir, steps: int, top: int = 25) -> dict:
     by_kernel[name] += e["dur"]
     if not op_spans:
       by_op[op] += e["dur"]
-    by_kind[kind_of(name + " " + op)] += e["dur"]
+    kind = kind_of(name)  # the kernel's own name first; the XLA op (maybe a command buffer) if that says nothing
+    by_kind[kind if kind != "other" else kind_of(op)] += e["dur"]
     count[name] += 1
     busy.append((e["ts"], e["ts"] + e["dur"]))
   for e in op_spans:
