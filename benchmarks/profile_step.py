@@ -34,11 +34,12 @@ sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
 import common  # noqa: E402
 
-_KINDS = (("conv", re.compile(r"conv|cudnn|xmma_fprop|dgrad|wgrad|implicit_gemm|sm\d+_xmma", re.I)),
+_KINDS = (("conv", re.compile(r"conv(?!ert)|cudnn|xmma_fprop|dgrad|wgrad|implicit_gemm|sm\d+_xmma", re.I)),
           ("gemm", re.compile(r"gemm|cutlass|nvjet|cublas|dot", re.I)),
           ("triton", re.compile(r"triton", re.I)),
           ("reduce", re.compile(r"reduc|input_reduce|row_reduction|column_reduction", re.I)),
           ("concatenate", re.compile(r"concatenate", re.I)),
+          ("convert", re.compile(r"convert", re.I)),
           ("copy/transpose", re.compile(r"copy|transpose|memcpy|memset", re.I)),
           ("fusion", re.compile(r"fusion|loop_|input_", re.I)))
 
