@@ -15,21 +15,11 @@ usage() {
   echo "usage: [VAR=value ...] $0 [--dry-run] install|train  (see launch/README.md)"
 }
 
-DRY_RUN="${DRY_RUN:-0}"
-subcommand=""
-for arg in "$@"; do
-  case "$arg" in
-    --dry-run) DRY_RUN=1 ;;
-    -h | --help) usage; exit 0 ;;
-    install | train)
-      [[ -z "$subcommand" ]] || { usage >&2; exit 2; }
-      subcommand="$arg" ;;
-    *) echo "error: unknown argument: $arg" >&2; usage >&2; exit 2 ;;
-  esac
-done
-[[ -n "$subcommand" ]] || { usage >&2; exit 2; }
-
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=SCRIPTDIR/lib.sh
+. "$REPO_ROOT/launch/lib.sh"
+parse_cli "install train" "$@"
+
 PYTHON="${PYTHON:-python3}"
 EXTRAS="${EXTRAS:-cuda}"
 CONFIG="${CONFIG:-$REPO_ROOT/configs/vam_drdb.py}"
@@ -39,9 +29,6 @@ NUM_PROCESSES="${NUM_PROCESSES:-1}"
 GPUS="${GPUS:-}"
 COORDINATOR_ADDRESS="${COORDINATOR_ADDRESS:-localhost:12355}"
 LOG_DIR="${LOG_DIR:-$WORKDIR/launch_logs}"
-
-# shellcheck source=SCRIPTDIR/lib.sh
-. "$REPO_ROOT/launch/lib.sh"
 
 do_install() {
   run "$PYTHON" -m pip install -e "${REPO_ROOT}[$EXTRAS]"

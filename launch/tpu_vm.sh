@@ -15,19 +15,10 @@ usage() {
   echo "usage: [VAR=value ...] $0 [--dry-run] create|install|train|logs|delete|all  (see launch/README.md)"
 }
 
-DRY_RUN="${DRY_RUN:-0}"
-subcommand=""
-for arg in "$@"; do
-  case "$arg" in
-    --dry-run) DRY_RUN=1 ;;
-    -h | --help) usage; exit 0 ;;
-    create | install | train | logs | delete | all)
-      [[ -z "$subcommand" ]] || { usage >&2; exit 2; }
-      subcommand="$arg" ;;
-    *) echo "error: unknown argument: $arg" >&2; usage >&2; exit 2 ;;
-  esac
-done
-[[ -n "$subcommand" ]] || { usage >&2; exit 2; }
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=SCRIPTDIR/lib.sh
+. "$REPO_ROOT/launch/lib.sh"
+parse_cli "create install train logs delete all" "$@"
 
 # Configuration (environment variables; see launch/README.md).
 PROJECT="${PROJECT:-}"
@@ -58,11 +49,7 @@ if [[ -z "${RUNTIME_VERSION:-}" ]]; then
   esac
 fi
 
-REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TARBALL="${TARBALL:-${TMPDIR:-/tmp}/hdr_jax_${TPU_NAME}.tar.gz}"
-
-# shellcheck source=SCRIPTDIR/lib.sh
-. "$REPO_ROOT/launch/lib.sh"
 
 # A path relative to the worker's home as pip needs it for a local project ("./dir"); absolute stays.
 relative() {
