@@ -98,7 +98,7 @@ class GroupNorm(nnx.Module):
     gamma = self.scale[...].astype(jnp.float32).reshape(g, c // g)
     mul = (inv[:, :, None] * gamma).reshape(b, c)
     add = self.bias[...].astype(jnp.float32) - (mean[:, :, None] * inv[:, :, None] * gamma).reshape(b, c)
-    y = x.astype(jnp.float32) * mul[:, None, None, :] + add[:, None, None, :]
+    y = xf * mul[:, None, None, :] + add[:, None, None, :]
     if silu:
       y = nnx.silu(y)
     return y.astype(self.dtype)
@@ -297,14 +297,15 @@ class UNet(nnx.Module):
     cond_p = x[..., 3:] if cond is not None else None
     temb = self.temb2(nnx.silu(self.temb1(timestep_embedding(t, self.ch).astype(self.dtype))))
     # Every residual block's step projection Dense(SiLU(temb)) in one matrix product (one kernel
-    # instead of one per block); block k reads its columns.
+    # instead of one per block); each block reads its own columns.
     blocks = [*self.down, self.mid1, self.mid2, *self.up]
     kernel = jnp.concatenate([blk.temb.kernel[...] for blk in blocks], axis=1).astype(self.dtype)
     bias = jnp.concatenate([blk.temb.bias[...] for blk in blocks]).astype(self.dtype)
     proj = nnx.silu(temb) @ kernel + bias
     sizes = [blk.temb.kernel.shape[1] for blk in blocks]
     splits = jnp.split(proj, list(itertools.accumulate(sizes))[:-1], axis=-1)
-    t_out = dict(zip(map(id, blocks), splits))
+    nd = len(self.down)
+    t_down, t_mid1, t_mid2, t_up = splits[:nd], splits[nd], splits[nd + 1], splits[nd + 2:]
 
     hcur = self.conv_in(x)
     hs = [hcur]
@@ -313,7 +314,7 @@ class UNet(nnx.Module):
       if self.cond_all_scales:
         hcur = hcur + self.cond_proj[i](_avg_pool(cond_p, 2 ** i))
       for _ in range(self.num_res_blocks):
-        hcur = self.down[k](hcur, t_out[id(self.down[k])])
+        hcur = self.down[k](hcur, t_down[k])
         if self.down_attn[k] is not None:
           hcur = self.down_attn[k](hcur)
         hs.append(hcur)
@@ -321,11 +322,11 @@ class UNet(nnx.Module):
       if i != self.levels - 1:
         hcur = self.downsample[i](hcur)
         hs.append(hcur)
-    hcur = self.mid2(self.mid_attn(self.mid1(hcur, t_out[id(self.mid1)])), t_out[id(self.mid2)])
+    hcur = self.mid2(self.mid_attn(self.mid1(hcur, t_mid1)), t_mid2)
     k = 0
     for j, i in enumerate(reversed(range(self.levels))):
       for _ in range(self.num_res_blocks + 1):
-        hcur = self.up[k](jnp.concatenate([hcur, hs.pop()], axis=-1), t_out[id(self.up[k])])
+        hcur = self.up[k](jnp.concatenate([hcur, hs.pop()], axis=-1), t_up[k])
         if self.up_attn[k] is not None:
           hcur = self.up_attn[k](hcur)
         k += 1
