@@ -101,13 +101,20 @@ def median_times(fns, repeats: int) -> list[float]:
 # --------------------------------------------------------------------------------------------------
 
 
-def bench_jax(args) -> dict:
-  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
-  kw = {**model_kwargs(args.size, args.conditional), **parse_model_set(args.model_set)}
+def init_unet(size: str, dtype_name: str, conditional: bool = False, overrides: dict | None = None):
+  """``(graphdef, state)`` of the U-Net of ``size`` (``model_kwargs``, then ``overrides``) computing in
+  ``dtype_name``, its parameters initialised by one compiled program (eager init compiles per shape)."""
+  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype_name]
+  kw = {**model_kwargs(size, conditional), **(overrides or {})}
   create = lambda: UNet(**kw, dtype=dtype, rngs=nnx.Rngs(0))
   graphdef, _ = nnx.split(nnx.eval_shape(create))
-  with jax.threefry_partitionable(False):  # one compiled init program (eager init compiles per shape)
+  with jax.threefry_partitionable(False):
     state = jax.jit(lambda: nnx.state(create()))()
+  return graphdef, state
+
+
+def bench_jax(args) -> dict:
+  graphdef, state = init_unet(args.size, args.dtype, args.conditional, parse_model_set(args.model_set))
   n_params = sum(x.size for x in jax.tree.leaves(nnx.state(nnx.merge(graphdef, state), nnx.Param)))
   sched = diffusion.make_schedule("linear", args.steps, 1e-4, 0.02)
   shape = (args.batch, args.height, args.width, 3)

@@ -149,13 +149,8 @@ def _target_fn(args):
     from flax import nnx
 
     import diffusion_sampling
-    from hdr_jax.models.unet import UNet
 
-    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
-    kw = diffusion_sampling.model_kwargs(name, False)
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: UNet(**kw, dtype=dtype, rngs=nnx.Rngs(0))))
-    with jax.threefry_partitionable(False):
-      params = jax.jit(lambda: nnx.state(UNet(**kw, dtype=dtype, rngs=nnx.Rngs(0))))()
+    graphdef, params = diffusion_sampling.init_unet(name, args.dtype)
     x = jax.random.normal(jax.random.key(0), (args.batch, args.height, args.width, 3))
     fwd = jax.jit(lambda s, x, t: nnx.merge(graphdef, s)(x, t))
     return (lambda: fwd(params, x, jnp.int32(500)), jax.block_until_ready,
