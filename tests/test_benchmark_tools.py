@@ -1,0 +1,79 @@
+"""The measuring tools the benchmarks rely on: model FLOPs from the jaxpr, the profiler-trace summary,
+and the DDIM-vs-ancestral sampler comparison through the real trainer (tiny settings)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import common  # noqa: E402
+import profile_step  # noqa: E402
+
+
+def test_model_flops_counts_convolutions_matmuls_and_scan_lengths():
+  x = jnp.ones((2, 16, 16, 8))
+  dense = jnp.ones((3, 3, 8, 4))
+  depthwise = jnp.ones((3, 3, 1, 8))
+
+  def conv(a, k, groups=1):
+    return jax.lax.conv_general_dilated(a, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        feature_group_count=groups)
+
+  assert common.model_flops(conv, x, dense) == 2 * (2 * 16 * 16 * 4) * (8 * 9)
+  assert common.model_flops(lambda a: conv(a, depthwise, 8), x) == 2 * (2 * 16 * 16 * 8) * 9
+  m = jnp.ones((4, 5))
+  assert common.model_flops(lambda a: a @ a.T, m) == 2 * 4 * 4 * 5
+  scanned = lambda a: jax.lax.scan(lambda c, _: (c @ a, None), a, None, length=7)[0]
+  assert common.model_flops(scanned, jnp.ones((4, 4))) == 7 * 2 * 4 * 4 * 4
+  # through jit and a cond (its costliest branch)
+  branchy = jax.jit(lambda a, p: jax.lax.cond(p, lambda b: b @ b @ b, lambda b: b, a))
+  assert common.model_flops(branchy, jnp.ones((4, 4)), True) == 2 * 2 * 4 * 4 * 4
+
+
+def test_profile_step_traces_and_summarises_a_unet_forward(tmp_path):
+  summary = profile_step.main(["--target=unet:small", "--dtype=float32", "--batch=1", "--height=16", "--width=16",
+                               "--steps=2", "--warmup=1", "--top=5", f"--out={tmp_path}"])
+  saved = json.loads((tmp_path / "summary.json").read_text())
+  assert saved["steps"] == 2 and saved["kernel_ms_per_step"] > 0 and saved["window_ms_per_step"] > 0
+  assert len(saved["top_kernels"]) == 5 and sum(saved["by_kind"].values()) > 0
+  assert summary["what"].startswith("U-Net small forward")
+  again = profile_step.summarize(tmp_path, 2, 5)  # --analyze of the saved trace gives the same table
+  assert again["top_kernels"] == saved["top_kernels"]
+  for name, kind in (("loop_convert_fusion_5", "convert"), ("sm90_xmma_fprop_implicit_gemm_bf16", "conv"),
+                     ("cudnn-conv-bias-activation.1", "conv"), ("input_reduce_fusion_9", "reduce"),
+                     ("wrapped_concatenate_4", "concatenate"), ("nvjet_sm90_tst_64x512", "gemm")):
+    assert profile_step.kind_of(name) == kind, name
+
+
+def test_sampler_quality_tiny(tmp_path):
+  """Trains the main job's config for 4 steps through the trainer, then scores one checkpoint with the
+  full ancestral sampler and DDIM; the first sampler is the reference of the gaps."""
+  out = tmp_path / "sq.json"
+  env = {"HDR_JAX_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT),
+         "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.run(
+      [sys.executable, "benchmarks/sampler_quality.py", f"--workdir={tmp_path / 'run'}", "--train_steps=4",
+       "--val_scenes=1", "--samplers=ddpm,ddim:5", "--seeds=0,1", "--set=diffusion.timesteps=20",
+       "--set=sampler.steps=5", "--set=data.embedded.train_scenes=2", "--set=batch_size=2",
+       "--set=data.patch_size=32", "--set=data.embedded.height=48", "--set=data.embedded.width=48",
+       "--set=data.embedded.val_height=32", "--set=data.embedded.val_width=48", f"--json={out}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  report = json.loads(out.read_text())
+  assert [(r["sampler"], r["seed"]) for r in report["rows"]] == [("ddpm (all T)", 0), ("ddpm (all T)", 1),
+                                                                  ("ddim-5", 0), ("ddim-5", 1)]
+  assert all(np.isfinite(r["psnr_mu"]) and r["scenes"] == 1 for r in report["rows"])
+  summary = report["summary"]
+  assert summary["ddpm (all T)"]["gap_to_reference_db"] == 0.0
+  ddim = [r["psnr_mu"] for r in report["rows"] if r["sampler"] == "ddim-5"]
+  assert np.isclose(summary["ddim-5"]["psnr_mu"], np.mean(ddim))
+  assert np.isclose(summary["ddim-5"]["gap_to_reference_db"], np.mean(ddim) - summary["ddpm (all T)"]["psnr_mu"])
+  assert np.isfinite(report["baseline"]["psnr_mu"]) and "ddim-5" in proc.stdout
