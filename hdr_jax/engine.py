@@ -77,7 +77,10 @@ def setup_compilation_cache(setting="auto") -> str | None:
 
     setting = str(synthesize.default_cache_dir() / "xla")
   if not hio.is_remote(setting):
-    Path(setting).expanduser().mkdir(parents=True, exist_ok=True)
+    try:
+      Path(setting).expanduser().mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+      raise ValueError(f"config.compilation_cache={setting!r}: cannot create the directory ({e})") from None
     setting = str(Path(setting).expanduser())
   if jax.config.jax_compilation_cache_dir != setting:
     jax.config.update("jax_compilation_cache_dir", setting)

@@ -195,3 +195,12 @@ def test_compilation_cache_is_filled_then_reused(tmp_path):
   assert len(first) >= 3, first  # at least init, train step and predict
   run([*args, f"--workdir={tmp_path / 'b'}"], tmp_path / "cache", env_extra=env)
   assert sorted(p.name for p in cache_dir.iterdir()) == first
+
+
+def test_compilation_cache_that_cannot_be_created_is_a_clear_error(tmp_path):
+  (tmp_path / "file").write_text("x")
+  proc = run(["-m", "hdr_jax.train", "--config=configs/ahdrnet.py", *TINY, f"--workdir={tmp_path / 'w'}",
+              f"--config.compilation_cache={tmp_path / 'file' / 'xla'}"], tmp_path / "cache", check=False)
+  assert proc.returncode == 1
+  assert "config.compilation_cache=" in proc.stderr and "cannot create the directory" in proc.stderr
+  assert "Traceback" not in proc.stderr and not (tmp_path / "w" / "checkpoints").exists()
