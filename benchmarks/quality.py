@@ -120,8 +120,9 @@ def base_config(name: str, args, seed: int, steps: int):
 def eval_variants(model: str, args) -> dict:
   """``{suffix: (method name, evaluate overrides)}``: the sampler settings a model is scored with."""
   if model == "ddpm":
-    return {f"_ddim{args.ddim_steps}": (f"ddpm (DDIM-{args.ddim_steps})",
-                                        {"sampler.name": "ddim", "sampler.steps": args.ddim_steps}),
+    return {f"_ddim{args.ddim_steps}": (f"ddpm (DDIM-{args.ddim_steps}, eta {args.ddim_eta:g})",
+                                        {"sampler.name": "ddim", "sampler.steps": args.ddim_steps,
+                                         "sampler.eta": args.ddim_eta}),
             "_ddpm": ("ddpm (1000-step)", {"sampler.name": "ddpm"})}
   return {"": ({"vam_drdb_ldae": "vam_drdb + l-DAE"}.get(model, model), {})}
 
@@ -407,6 +408,8 @@ def parse_args(argv):
   p.add_argument("--widths", choices=("full", "small"), default=None, help="model sizes (default full)")
   p.add_argument("--ldae_fraction", type=float, default=0.5, help="share of the steps spent on l-DAE pretraining")
   p.add_argument("--ddim_steps", type=int, default=None, help="DDIM steps of the ddpm model's fast sampler (50)")
+  p.add_argument("--ddim_eta", type=float, default=1.0,
+                 help="eta of that sampler (default 1: stochastic DDIM, see benchmarks/RESULTS.md)")
   p.add_argument("--crop", type=int, default=None, help="figure crop size (default 96)")
   p.add_argument("--budget", type=float, default=0, help="seconds; no new training run starts after it (0: none)")
   p.add_argument("--tiny", action="store_true", help=f"CI preset: {TINY} (explicit flags win)")
@@ -425,6 +428,8 @@ def parse_args(argv):
     p.error(f"--size must be a multiple of 8, got {args.size}")
   args.train_size = args.train_size or 2 * args.size
   args.eval_hw = tuple(int(x) for x in args.eval_size.split("x")) if args.eval_size else (2 * args.size, 3 * args.size)
+  if not 0.0 <= args.ddim_eta <= 1.0:
+    p.error(f"--ddim_eta must be in [0, 1], got {args.ddim_eta}")
   if not 0 < args.ldae_fraction < 1:
     p.error("--ldae_fraction must be in (0, 1)")
   args.out = args.out.absolute()

@@ -2,8 +2,8 @@ r"""DDIM with few steps against the full ancestral sampler, on one trained condi
 
 Trains ``configs/<config>.py`` through the real trainer (``python -m hdr_jax.train``, skipped when the
 workdir already holds a checkpoint), then evaluates the same checkpoint on the same validation scenes
-with each sampler of ``--samplers`` (``ddpm`` = all T ancestral steps, ``ddim:N`` = N DDIM steps,
-eta 0) and each sampling seed of ``--seeds``, through ``hdr_jax.evaluate.run``. Prints PSNR-mu /
+with each sampler of ``--samplers`` (``ddpm`` = all T ancestral steps, ``ddim:N:ETA`` = N DDIM steps
+with that eta, ``ddim:N`` = eta 0) and each sampling seed of ``--seeds``, through ``hdr_jax.evaluate.run``. Prints PSNR-mu /
 PSNR-L (mean over scenes, then mean and spread over seeds) with the medium-frame baseline, the gap of
 each sampler to the first one (the reference), and wall seconds per scene; writes JSON.
 
@@ -30,11 +30,20 @@ import common  # noqa: E402
 
 
 def parse_sampler(text: str) -> dict:
-  name, _, steps = text.partition(":")
-  if name not in ("ddpm", "ddim") or (name == "ddim" and not steps.isdigit()):
-    raise ValueError(f"--samplers: {text!r} is not 'ddpm' or 'ddim:N'")
-  return {"label": "ddpm (all T)" if name == "ddpm" else f"ddim-{steps}", "name": name,
-          "steps": int(steps) if steps else None}
+  """``ddpm`` | ``ddim:N`` (eta 0) | ``ddim:N:ETA``."""
+  name, *rest = text.split(":")
+  bad = ValueError(f"--samplers: {text!r} is not 'ddpm', 'ddim:N' or 'ddim:N:ETA' (ETA in [0, 1])")
+  if name == "ddpm" and not rest:
+    return {"label": "ddpm (all T)", "name": name, "steps": None, "eta": 0.0}
+  if name != "ddim" or not 1 <= len(rest) <= 2 or not rest[0].isdigit():
+    raise bad
+  try:
+    eta = float(rest[1]) if len(rest) == 2 else 0.0
+  except ValueError:
+    raise bad from None
+  if not 0.0 <= eta <= 1.0:
+    raise bad
+  return {"label": f"ddim-{rest[0]} eta {eta:g}", "name": name, "steps": int(rest[0]), "eta": eta}
 
 
 def train(args) -> None:
@@ -57,7 +66,8 @@ def main(argv=None):
   p.add_argument("--config", default="diffusion", help="configs/<name>.py (a diffusion config)")
   p.add_argument("--train_steps", type=int, default=3000)
   p.add_argument("--val_scenes", type=int, default=8, help="embedded validation scenes (evaluated)")
-  p.add_argument("--samplers", default="ddpm,ddim:50,ddim:25", help="the first one is the reference")
+  p.add_argument("--samplers", default="ddpm,ddim:50:1,ddim:25:1,ddim:50:0",
+                 help="comma-separated ddpm | ddim:N | ddim:N:ETA; the first one is the reference")
   p.add_argument("--seeds", default="0,1", help="sampling seeds (config.seed at evaluation)")
   p.add_argument("--set", action="append", default=[], help="extra config override KEY=VALUE (training)")
   p.add_argument("--json", default=str(ROOT / "benchmarks" / "out" / "sampler_quality.json"))
@@ -73,7 +83,7 @@ def main(argv=None):
             "rows": rows}
   for smp in samplers:
     for seed in seeds:
-      overrides = {"sampler.name": smp["name"], "sampler.eta": 0.0, "seed": seed}
+      overrides = {"sampler.name": smp["name"], "sampler.eta": smp["eta"], "seed": seed}
       if smp["steps"]:
         overrides["sampler.steps"] = smp["steps"]
       start = time.perf_counter()

@@ -2,10 +2,10 @@ r"""Conditional DDPM for HDR (SPEC 7): a U-Net noise predictor conditioned on th
 through an encoder (VAM+DRDB features at full scale), DDIM/ancestral sampling over overlapping tiles.
 
 Default (``--config=configs/diffusion.py``): a CPU-sized demonstration that runs end to end on its
-own in a few minutes on 2 cores (about 6 minutes measured on a shared, loaded 2-core machine, 5 CPU
-minutes): embedded dataset (24 scenes of 128x128, 2 validation scenes of 128x192), 64x64 patches,
+own in a few minutes on 2 cores (3.5 minutes measured on an idle 2-core machine, 7 minutes on a loaded
+one): embedded dataset (24 scenes of 128x128, 2 validation scenes of 128x192), 64x64 patches,
 batch 8, a 2.7 M parameter U-Net (16 channels, multipliers 1-2-4-8) with the two-conv LDR encoder,
-400 steps, DDIM with 25 steps for the validation samples. It shows the pipeline working, not a
+400 steps, DDIM with 25 steps (eta 1) for the validation samples. It shows the pipeline working, not a
 useful model (400 steps are far too few for a diffusion model: its samples stay noisy).
 
   python -m hdr_jax.train --config=configs/diffusion.py                # -> runs/diffusion
@@ -18,7 +18,8 @@ sampling (DDPM) on 256x256 tiles blended with 32-pixel overlaps for 1060x1900 va
   python -m hdr_jax.train --config=configs/diffusion.py:full --workdir=runs/diffusion_full \
       --config.data.root=/data/ntire/train --config.data.val_root=/data/ntire/val
 
-Other useful switches: ``--config.sampler.name=ddim --config.sampler.steps=50`` (fast sampling),
+Other useful switches: ``--config.sampler.name=ddim --config.sampler.steps=50`` (fast sampling;
+``--config.sampler.eta=0`` makes it deterministic, at a measured cost in quality),
 ``--config.diffusion.prediction=v``, ``--config.diffusion.schedule=cosine``,
 ``--config.model.cond_encoder=vam_drdb`` (the VAM+DRDB encoder on CPU, with the light stem below:
 about 4x the CPU time per training step), ``--config.model.cond_encoder=conv`` (at full scale),
@@ -68,7 +69,10 @@ def get_config(arg: str = ""):
   c.sampler = ml_collections.ConfigDict()
   c.sampler.name = "ddim"  # ddim | ddpm (ancestral, all timesteps)
   c.sampler.steps = 25  # DDIM steps (ignored by ddpm)
-  c.sampler.eta = 0.0  # DDIM noise: 0 deterministic, 1 ancestral
+  # DDIM noise: 0 deterministic, 1 the ancestral noise level. 1 by default: on a trained model DDIM-50
+  # with eta 1 came within 0.6 dB PSNR-mu of 1000 ancestral steps, eta 0 2.7 dB behind at any step
+  # count (benchmarks/RESULTS.md, "DDIM against ancestral sampling").
+  c.sampler.eta = 1.0
   c.sampler.clip_x0 = True
   c.sampler.use_ema = True
   c.sampler.tile_size = 256  # frames larger than this are sampled in overlapping tiles

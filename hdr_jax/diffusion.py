@@ -208,7 +208,7 @@ def sampling_plan(sampler: str, timesteps: int, steps: int | None = None):
   if sampler == "ddpm":
     ts = np.arange(timesteps - 1, -1, -1, dtype=np.int32)
   elif sampler == "ddim":
-    ts = ddim_timesteps(timesteps, steps if steps else timesteps)
+    ts = ddim_timesteps(timesteps, timesteps if steps is None else steps)
   else:
     raise ValueError(f"config.sampler.name: unknown sampler {sampler!r}; choose one of {SAMPLERS}")
   return ts, np.append(ts[1:], -1).astype(np.int32)

@@ -11,12 +11,14 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import common  # noqa: E402
 import profile_step  # noqa: E402
+import sampler_quality  # noqa: E402
 
 
 def test_model_flops_counts_convolutions_matmuls_and_scan_lengths():
@@ -54,6 +56,15 @@ def test_profile_step_traces_and_summarises_a_unet_forward(tmp_path):
     assert profile_step.kind_of(name) == kind, name
 
 
+def test_sampler_quality_parses_samplers():
+  assert sampler_quality.parse_sampler("ddpm") == {"label": "ddpm (all T)", "name": "ddpm", "steps": None, "eta": 0.0}
+  assert sampler_quality.parse_sampler("ddim:50") == {"label": "ddim-50 eta 0", "name": "ddim", "steps": 50, "eta": 0.0}
+  assert sampler_quality.parse_sampler("ddim:25:0.5")["eta"] == 0.5
+  for bad in ("ddim", "ddim:x", "ddim:50:2", "ddim:50:a", "ddpm:10", "dpm:5", "ddim:5:1:1"):
+    with pytest.raises(ValueError, match="--samplers"):
+      sampler_quality.parse_sampler(bad)
+
+
 def test_sampler_quality_tiny(tmp_path):
   """Trains the main job's config for 4 steps through the trainer, then scores one checkpoint with the
   full ancestral sampler and DDIM; the first sampler is the reference of the gaps."""
@@ -62,18 +73,18 @@ def test_sampler_quality_tiny(tmp_path):
          "JAX_PLATFORMS": "cpu"}
   proc = subprocess.run(
       [sys.executable, "benchmarks/sampler_quality.py", f"--workdir={tmp_path / 'run'}", "--train_steps=4",
-       "--val_scenes=1", "--samplers=ddpm,ddim:5", "--seeds=0,1", "--set=diffusion.timesteps=20",
+       "--val_scenes=1", "--samplers=ddpm,ddim:5:1", "--seeds=0,1", "--set=diffusion.timesteps=20",
        "--set=sampler.steps=5", "--set=data.embedded.train_scenes=2", "--set=batch_size=2",
        "--set=data.patch_size=32", "--set=data.embedded.height=48", "--set=data.embedded.width=48",
        "--set=data.embedded.val_height=32", "--set=data.embedded.val_width=48", f"--json={out}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   report = json.loads(out.read_text())
   assert [(r["sampler"], r["seed"]) for r in report["rows"]] == [("ddpm (all T)", 0), ("ddpm (all T)", 1),
-                                                                  ("ddim-5", 0), ("ddim-5", 1)]
+                                                                  ("ddim-5 eta 1", 0), ("ddim-5 eta 1", 1)]
   assert all(np.isfinite(r["psnr_mu"]) and r["scenes"] == 1 for r in report["rows"])
   summary = report["summary"]
   assert summary["ddpm (all T)"]["gap_to_reference_db"] == 0.0
-  ddim = [r["psnr_mu"] for r in report["rows"] if r["sampler"] == "ddim-5"]
-  assert np.isclose(summary["ddim-5"]["psnr_mu"], np.mean(ddim))
-  assert np.isclose(summary["ddim-5"]["gap_to_reference_db"], np.mean(ddim) - summary["ddpm (all T)"]["psnr_mu"])
-  assert np.isfinite(report["baseline"]["psnr_mu"]) and "ddim-5" in proc.stdout
+  ddim = [r["psnr_mu"] for r in report["rows"] if r["sampler"] == "ddim-5 eta 1"]
+  assert np.isclose(summary["ddim-5 eta 1"]["psnr_mu"], np.mean(ddim))
+  assert np.isclose(summary["ddim-5 eta 1"]["gap_to_reference_db"], np.mean(ddim) - summary["ddpm (all T)"]["psnr_mu"])
+  assert np.isfinite(report["baseline"]["psnr_mu"]) and "ddim-5 eta 1" in proc.stdout

@@ -422,6 +422,12 @@ def test_configs():
     get_config("huge")
 
 
+@pytest.mark.parametrize("field,value", [("eta", -0.1), ("eta", 1.5), ("steps", 0), ("name", "dpm")])
+def test_bad_sampler_settings_are_refused_by_name(field, value):
+  with pytest.raises(ValueError, match=f"config.sampler.{field}"):
+    DiffusionTask(tiny_config(**{field: value}))
+
+
 # --------------------------------------------------------------------------------------------------
 # The real entry point
 

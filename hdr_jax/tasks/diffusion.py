@@ -64,6 +64,9 @@ class DiffusionTask(Task):
     if config.sampler.name not in diffusion.SAMPLERS:
       raise ValueError(f"config.sampler.name: unknown sampler {config.sampler.name!r}; choose one of "
                        f"{diffusion.SAMPLERS}")
+    if not 0.0 <= float(config.sampler.eta) <= 1.0:
+      raise ValueError(f"config.sampler.eta must be in [0, 1] (0: deterministic DDIM, 1: DDIM with the "
+                       f"ancestral noise level), got {config.sampler.eta}")
     self.schedule = diffusion.schedule_from_config(d)
     diffusion.sampling_plan(config.sampler.name, d.timesteps, config.sampler.steps)  # validates steps
     self.conditional = bool(config.model.get("conditional", True))
