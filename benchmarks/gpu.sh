@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The prepared benchmark run for the lent GPU machine (H100/H200, 16 cores, no network), ~9 minutes wall,
 # in this order (what the last runs did not measure first):
-#   1. benchmarks/sampler_quality.py: train the small conditional DDPM, then DDIM-50/25 vs 1000 ancestral;
+#   1. benchmarks/sampler_quality.py: train the small conditional DDPM, then DDIM-50 (eta 1, eta 0) vs 1000 ancestral;
 #   2. benchmarks/models.py: vam, vam_drdb, ahdrnet x float32, bfloat16: JAX train step (batch 8 x 256^2),
 #      full-frame inference (1060x1900), FLOPs/MFU, peak memory; the official PyTorch AHDRNet beside them
 #      (when torch imports);
@@ -65,7 +65,7 @@ MODELS_ARGS=${MODELS_ARGS:-}
 PIPELINE_ARGS=${PIPELINE_ARGS:---crops_per_scene=1,4}
 DIFFUSION_ARGS=${DIFFUSION_ARGS:---size=full,matched --dtype=bfloat16 --repeats=2 --torch_steps=20}
 CMDBUF_ARGS=${CMDBUF_ARGS:---size=matched --dtype=bfloat16 --repeats=2}
-QUALITY_ARGS=${QUALITY_ARGS:---train_steps=3000 --val_scenes=8 --seeds=0,1 --samplers=ddpm,ddim:50,ddim:25 \
+QUALITY_ARGS=${QUALITY_ARGS:---train_steps=3000 --val_scenes=8 --seeds=0,1 --samplers=ddpm,ddim:50:1,ddim:50:0 \
 --set=batch_size=32 --set=data.num_workers=4}
 SKIP=${SKIP:-}
 
