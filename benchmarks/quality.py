@@ -4,8 +4,9 @@ r"""Held-out quality benchmark: every model trained for the same budget, scored 
    for training) at two difficulty levels: ``static`` (no camera or object motion, sensor noise x0.25)
    and ``hard`` (camera and object motion x3, sensor noise x4) (``hdr_jax.synthesize`` options).
 2. Each model config trains through the real trainer (``hdr_jax.train.train_and_evaluate``, in this
-   process) on the embedded procedural training data, for ``--steps`` steps of batch ``--batch`` of
-   ``--size`` x ``--size`` patches, once per seed.
+   process) on the embedded training data, for ``--steps`` steps of batch ``--batch`` of ``--size`` x
+   ``--size`` patches, once per seed. The embedded scenes are procedural, or built by the same
+   synthesiser from the radiance maps of ``--train_hdr`` (which must not share a file with ``--hdr``).
    ``vam_drdb_ldae``: l-DAE pretraining (``configs/ldae.py``) for ``--ldae_fraction`` of the steps, then
    ``configs/vam_drdb.py`` from that feature extractor for the rest: the same number of steps as
    ``vam_drdb`` from scratch (an l-DAE step costs less than a regression step: its head is light and
@@ -104,7 +105,8 @@ def base_config(name: str, args, seed: int, steps: int):
   c.data.cache_dir = str(args.out / "cache")
   # The trainer's own validation: one scene of the evaluation size (its compiled predict is reused).
   c.data.embedded.update(train_scenes=args.train_scenes, height=args.train_size, width=args.train_size, val_scenes=1,
-                         val_height=args.eval_hw[0], val_width=args.eval_hw[1], seed=0)
+                         val_height=args.eval_hw[0], val_width=args.eval_hw[1], seed=0,
+                         hdr_files=tuple(str(f) for f in args.train_hdr))
   c.log_every = max(1, steps // 10)
   c.eval_every = c.checkpoint_every = max(1, steps)
   c.keep_checkpoints = 1
@@ -135,10 +137,31 @@ def _num_params(workdir: Path) -> int | None:
   return None
 
 
+def _flat(tree, prefix=""):
+  if isinstance(tree, dict):
+    return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+  return {prefix[:-1]: tree}
+
+
+def check_same_config(config, workdir: Path) -> None:
+  """A workdir from an earlier run of the benchmark is reused (finished) or resumed (interrupted) only
+  when it was started with this very config: other settings under the same ``--out`` are an error."""
+  saved = workdir / "config.json"
+  if not saved.is_file():
+    return
+  old, new = _flat(json.loads(saved.read_text())), _flat(json.loads(config.to_json_best_effort()))
+  diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+  if diff:
+    shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:5])
+    raise SystemExit(f"{saved}: this run was started with other settings ({shown}{', ...' if len(diff) > 5 else ''}); "
+                     f"use another --out or delete {workdir}")
+
+
 def train(config, workdir: Path) -> dict:
   """Trains (or finds finished) ``config`` in ``workdir``: ``{'seconds', 'params'}``."""
   from hdr_jax import train as train_lib
 
+  check_same_config(config, workdir)
   summary, done = workdir / "summary.json", workdir / "quality_run.json"
   if done.is_file() and json.loads(summary.read_text())["step"] == config.num_train_steps:
     return json.loads(done.read_text())
@@ -320,7 +343,7 @@ def markdown(report: dict) -> str:
           if "vam_drdb_ldae" in s["models"] else "")
   lines = [f"# Quality benchmark ({s['date']})", "",
            f"Training: {s['steps']} steps, batch {s['batch']} of {s['size']}x{s['size']} patches "
-           f"({s['crops_per_scene']} per scene read), embedded procedural data ({s['train_scenes']} scenes of "
+           f"({s['crops_per_scene']} per scene read), embedded {_train_data(s)} ({s['train_scenes']} scenes of "
            f"{s['train_size']}x{s['train_size']}), model widths: {s['widths']}, each model with its config's optimiser "
            f"(lr column), seeds {s['seeds']}{ldae}. Evaluation: {s['eval_scenes']} scenes of "
            f"{s['eval_hw'][0]}x{s['eval_hw'][1]} per level from {len(s['hdr'])} held-out radiance maps "
@@ -350,6 +373,13 @@ def markdown(report: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _train_data(setup) -> str:
+  files = setup.get("train_hdr") or []
+  if not files:
+    return "procedural data"
+  return f"data synthesised from {len(files)} radiance maps ({', '.join(Path(p).name for p in files)})"
+
+
 def _machine() -> str:
   import jax
 
@@ -366,6 +396,7 @@ def write_report(args, runs, baselines, notes, figure=None) -> dict:
                       "widths": args.widths, "train_scenes": args.train_scenes, "train_size": args.train_size,
                       "ldae_steps": max(1, round(args.steps * args.ldae_fraction)), "eval_hw": list(args.eval_hw),
                       "eval_scenes": len(args.hdr) * args.scenes_per_hdr, "hdr": [str(p) for p in args.hdr],
+                      "train_hdr": [str(p) for p in args.train_hdr],
                       "levels": LEVELS, "command": sys.argv},
             "baselines": baselines, "table": summarise(runs, baselines), "runs": runs, "notes": notes,
             "figure": str(figure) if figure else None}
@@ -392,6 +423,9 @@ def available(model: str) -> str | None:
 def parse_args(argv):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--hdr", nargs="+", required=True, type=Path, help="held-out radiance maps (.exr/.hdr)")
+  p.add_argument("--train_hdr", nargs="*", default=[], type=Path,
+                 help="radiance maps to synthesise the training scenes from (default: procedural scenes); "
+                      "none of them may be one of --hdr")
   p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "quality")
   p.add_argument("--models", default="ahdrnet,vam,vam_drdb,vam_drdb_ldae,gan,ddpm",
                  help=f"comma-separated, from {','.join(MODELS)}")
@@ -428,6 +462,14 @@ def parse_args(argv):
     p.error(f"--size must be a multiple of 8, got {args.size}")
   args.train_size = args.train_size or 2 * args.size
   args.eval_hw = tuple(int(x) for x in args.eval_size.split("x")) if args.eval_size else (2 * args.size, 3 * args.size)
+  for f in [*args.hdr, *args.train_hdr]:
+    if not f.is_file():
+      p.error(f"{f}: no such radiance map")
+  held_out = {f.resolve() for f in args.hdr}
+  shared = [str(f) for f in args.train_hdr if f.resolve() in held_out]
+  if shared:
+    p.error(f"--train_hdr shares {shared} with the held-out --hdr maps; the evaluation set must not be trained on")
+  args.train_hdr = [f.absolute() for f in args.train_hdr]
   if not 0.0 <= args.ddim_eta <= 1.0:
     p.error(f"--ddim_eta must be in [0, 1], got {args.ddim_eta}")
   if not 0 < args.ldae_fraction < 1:

@@ -219,6 +219,38 @@ def test_quality_benchmark_tiny(quality_run):
   assert fig.shape[0] > 2 * 32 and fig.shape[1] >= 7 * 32 and fig.std() > 0.01
 
 
+def _quality_module():
+  sys.path.insert(0, str(ROOT / "benchmarks"))
+  import quality
+
+  return quality
+
+
+def test_quality_train_hdr_is_used_for_training_and_kept_apart_from_the_held_out_maps(tmp_path, capsys):
+  quality = _quality_module()
+  a, b = _stand_in_radiance_maps(tmp_path / "hdr")
+  args = quality.parse_args(["--tiny", "--hdr", str(a), "--train_hdr", str(b), f"--out={tmp_path / 'q'}"])
+  assert quality.base_config("ahdrnet", args, 0, 4).data.embedded.hdr_files == (str(b.absolute()),)
+  assert quality._train_data({"train_hdr": [str(b)]}) == f"data synthesised from 1 radiance maps ({b.name})"
+  assert quality._train_data({"train_hdr": []}) == "procedural data"
+  for argv in (["--hdr", str(a), str(b), "--train_hdr", str(b.parent / ".." / b.parent.name / b.name)],
+               ["--hdr", str(a), "--train_hdr", str(tmp_path / "missing.exr")]):
+    with pytest.raises(SystemExit):
+      quality.parse_args(["--tiny", *argv])
+    err = capsys.readouterr().err
+    assert ("shares" in err and "must not be trained on" in err) or "missing.exr: no such radiance map" in err
+
+
+def test_quality_refuses_to_reuse_a_run_started_with_other_settings(quality_run):
+  quality = _quality_module()
+  workdir = quality_run[0] / "runs" / "ahdrnet_s0"
+  config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+  quality.check_same_config(config, workdir)  # the same settings: reused
+  config.data.patch_size = 64
+  with pytest.raises(SystemExit, match=r"data.patch_size: 32 -> 64.*use another --out"):
+    quality.check_same_config(config, workdir)
+
+
 def _zero_state(e):
   abstract = nnx.state(nnx.eval_shape(lambda: e.task.create(jax.random.key(0))))
   return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract)  # every value known
