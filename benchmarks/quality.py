@@ -137,19 +137,16 @@ def _num_params(workdir: Path) -> int | None:
   return None
 
 
-def _flat(tree, prefix=""):
-  if isinstance(tree, dict):
-    return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
-  return {prefix[:-1]: tree}
-
-
 def check_same_config(config, workdir: Path) -> None:
   """A workdir from an earlier run of the benchmark is reused (finished) or resumed (interrupted) only
   when it was started with this very config: other settings under the same ``--out`` are an error."""
   saved = workdir / "config.json"
   if not saved.is_file():
     return
-  old, new = _flat(json.loads(saved.read_text())), _flat(json.loads(config.to_json_best_effort()))
+  from flax.nnx import traversals
+
+  old, new = (traversals.flatten_mapping(json.loads(text), sep=".")
+              for text in (saved.read_text(), config.to_json_best_effort()))
   diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
   if diff:
     shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:5])

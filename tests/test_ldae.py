@@ -20,6 +20,10 @@ from hdr_jax import config_base, engine, synthesize
 from hdr_jax.tasks import ldae
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import quality  # noqa: E402  (benchmarks/quality.py)
+
 SMALL_STEM = dict(drdb_blocks=1, drdb_channels=8, drdb_growth=4, drdb_layers=2)  # quality.py --widths=small
 
 
@@ -219,15 +223,7 @@ def test_quality_benchmark_tiny(quality_run):
   assert fig.shape[0] > 2 * 32 and fig.shape[1] >= 7 * 32 and fig.std() > 0.01
 
 
-def _quality_module():
-  sys.path.insert(0, str(ROOT / "benchmarks"))
-  import quality
-
-  return quality
-
-
 def test_quality_train_hdr_is_used_for_training_and_kept_apart_from_the_held_out_maps(tmp_path, capsys):
-  quality = _quality_module()
   a, b = _stand_in_radiance_maps(tmp_path / "hdr")
   args = quality.parse_args(["--tiny", "--hdr", str(a), "--train_hdr", str(b), f"--out={tmp_path / 'q'}"])
   assert quality.base_config("ahdrnet", args, 0, 4).data.embedded.hdr_files == (str(b.absolute()),)
@@ -242,7 +238,6 @@ def test_quality_train_hdr_is_used_for_training_and_kept_apart_from_the_held_out
 
 
 def test_quality_refuses_to_reuse_a_run_started_with_other_settings(quality_run):
-  quality = _quality_module()
   workdir = quality_run[0] / "runs" / "ahdrnet_s0"
   config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
   quality.check_same_config(config, workdir)  # the same settings: reused
