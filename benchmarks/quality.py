@@ -269,6 +269,30 @@ def model_prediction(workdir, scene, overrides) -> np.ndarray:
   return engine.predict(state, frames, d["exposures"][None], jax.random.key(config.seed))[0]
 
 
+LABEL_SCALE, LABEL_LINE = 0.35, 13  # cv2.FONT_HERSHEY_SIMPLEX scale and line height (pixels) of column labels
+
+
+def wrap_label(name: str, width: int) -> list[str]:
+  """``name`` in lines that each fit ``width`` pixels at the label font: breaks at spaces, and inside a
+  word only when the word alone is wider than a column."""
+  from hdr_jax.io import cv2
+
+  def fits(text):
+    return cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, LABEL_SCALE, 1)[0][0] <= width
+
+  lines = []
+  for word in name.split():
+    if lines and fits(f"{lines[-1]} {word}"):
+      lines[-1] = f"{lines[-1]} {word}"
+      continue
+    while not fits(word) and len(word) > 1:
+      cut = max(k for k in range(1, len(word) + 1) if k == 1 or fits(word[:k]))
+      lines.append(word[:cut])
+      word = word[cut:]
+    lines.append(word)
+  return lines or [""]
+
+
 def write_figure(path: Path, crops: dict, columns: list[str]) -> None:
   """Rows = levels, columns = inputs, methods, target; labels drawn with cv2.putText."""
   from hdr_jax import io as hio
@@ -283,10 +307,12 @@ def write_figure(path: Path, crops: dict, columns: list[str]) -> None:
   grid = np.repeat(np.repeat(grid, scale, 0), scale, 1)
   tile *= scale
   grid = np.clip(np.round(grid * 255), 0, 255).astype(np.uint8)
-  header = np.full((18, grid.shape[1], 3), 255, np.uint8)
-  for i, name in enumerate(columns):
-    cv2.putText(header, name[:max(4, tile // 7)], (i * tile + 3, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1,
-                cv2.LINE_AA)
+  labels = [wrap_label(name, tile - 6) for name in columns]
+  header = np.full((LABEL_LINE * max(map(len, labels)) + 5, grid.shape[1], 3), 255, np.uint8)
+  for i, lines in enumerate(labels):
+    for j, line in enumerate(lines):
+      cv2.putText(header, line, (i * tile + 3, LABEL_LINE * (j + 1)), cv2.FONT_HERSHEY_SIMPLEX, LABEL_SCALE,
+                  (0, 0, 0), 1, cv2.LINE_AA)
   for r, level in enumerate(crops):  # the row's level and scene id on its first tile, white on black outline
     for colour, thickness in (((0, 0, 0), 3), ((255, 255, 255), 1)):
       cv2.putText(grid, level, (3, (r + 1) * tile - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.35, colour, thickness, cv2.LINE_AA)

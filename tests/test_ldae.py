@@ -223,6 +223,19 @@ def test_quality_benchmark_tiny(quality_run):
   assert fig.shape[0] > 2 * 32 and fig.shape[1] >= 7 * 32 and fig.std() > 0.01
 
 
+def test_quality_figure_labels_wrap_to_the_column_instead_of_being_cut():
+  from hdr_jax.io import cv2
+
+  for name, width in (("ddpm (DDIM-50, eta 1)", 90), ("vam_drdb + l-DAE", 40), ("classical merge", 200),
+                      ("averyveryverylongwordwithoutspaces", 50)):
+    lines = quality.wrap_label(name, width)
+    assert "".join(lines).replace(" ", "") == name.replace(" ", "")  # nothing dropped
+    assert all(cv2.getTextSize(line, cv2.FONT_HERSHEY_SIMPLEX, quality.LABEL_SCALE, 1)[0][0] <= width
+               for line in lines)
+  assert quality.wrap_label("ddpm (DDIM-50, eta 1)", 90) == ["ddpm (DDIM-50, eta", "1)"]
+  assert quality.wrap_label("classical merge", 200) == ["classical merge"]
+
+
 def test_quality_train_hdr_is_used_for_training_and_kept_apart_from_the_held_out_maps(tmp_path, capsys):
   a, b = _stand_in_radiance_maps(tmp_path / "hdr")
   args = quality.parse_args(["--tiny", "--hdr", str(a), "--train_hdr", str(b), f"--out={tmp_path / 'q'}"])
