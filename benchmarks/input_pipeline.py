@@ -1,10 +1,11 @@
-"""Input-pipeline throughput: training crops/s from raw NTIRE PNGs vs the prepared ArrayRecord data.
+"""Input-pipeline throughput: training crops/s from raw NTIRE PNGs vs the prepared formats.
 
-Synthesizes an NTIRE folder (hdr_jax.synthesize), prepares it with the ``ntire_hdr`` TFDS builder, then
-times batches of ``patch``x``patch`` training triplets from each source (PNG, prepared via tfds,
-prepared via the TF-free reader) with 0 (in-process), 1 and 2 worker processes. Needs the ``tfds`` extra.
+Synthesizes an NTIRE folder (hdr_jax.synthesize), prepares it as tiles (``hdr_jax.tiles``) and, when the
+``tfds`` extra is installed, with the ``ntire_hdr`` TFDS builder, then times batches of
+``patch``x``patch`` training triplets from each source (PNG, tiles, prepared via tfds, prepared via the
+TF-free ArrayRecord reader) with 0 (in-process), 1 and 2 worker processes.
 
-  python benchmarks/input_pipeline.py --height=530 --width=950 --scenes=6 [--json=PATH]
+  python benchmarks/input_pipeline.py --height=1060 --width=1900 --scenes=8 [--sources=png,tiles] [--json=PATH]
 """
 
 from __future__ import annotations
@@ -59,23 +60,51 @@ def main(argv=None) -> dict:
   parser.add_argument("--crops_per_scene", default="1", help="comma-separated patches per scene read")
   parser.add_argument("--threads", type=int, default=1, help="reader threads per process")
   parser.add_argument("--prefetch", type=int, default=2, help="buffered batches (per worker)")
+  parser.add_argument("--sources", default="png,tiles,prepared/tfds,prepared/array_record",
+                      help="comma-separated, from png, tiles, prepared/tfds, prepared/array_record (the last two "
+                      "are skipped without tensorflow_datasets)")
+  parser.add_argument("--tile", type=int, default=128, help="tile size of the tiles source")
   parser.add_argument("--workdir", default=None, help="where to build the data (default: a temporary folder)")
   parser.add_argument("--json", default="benchmarks/out/input_pipeline.json")
   args = parser.parse_args(argv)
 
-  from hdr_jax import data, synthesize, tfds_ntire
+  import importlib.util
 
+  from hdr_jax import data, synthesize, tiles
+
+  wanted = [s for s in args.sources.split(",") if s]
+  unknown = set(wanted) - {"png", "tiles", "prepared/tfds", "prepared/array_record"}
+  if unknown:
+    parser.error(f"unknown --sources {sorted(unknown)}")
+  if importlib.util.find_spec("tensorflow_datasets") is None:
+    skipped = [s for s in wanted if s.startswith("prepared/")]
+    if skipped:
+      print(f"skipping {skipped}: tensorflow_datasets is not installed", flush=True)
+    wanted = [s for s in wanted if s not in skipped]
   workdir = Path(args.workdir or tempfile.mkdtemp(prefix="hdr_input_bench_"))
   try:
     folder = workdir / "ntire"
     if not folder.is_dir():
       synthesize.synthesize_folder(folder, args.scenes, args.height, args.width, seed=0, verbose=False)
-    start = time.perf_counter()
-    version_dir = tfds_ntire.prepare(folder, workdir / "tfds")
-    prepare_s = time.perf_counter() - start
-    sources = {"png": data.NtireSource(folder, decode=False),
-               "prepared/tfds": data.PreparedSource(version_dir, "train", backend="tfds"),
-               "prepared/array_record": data.PreparedSource(version_dir, "train", backend="array_record")}
+    sources, prepared = {}, {}
+    if "png" in wanted:
+      sources["png"] = data.NtireSource(folder, decode=False)
+    if "tiles" in wanted:
+      start = time.perf_counter()
+      tiled = workdir / f"tiles{args.tile}"
+      if not (tiled / tiles.INDEX).is_file():
+        tiles.prepare(folder, tiled, tile=args.tile, verbose=False)
+      prepared["tiles"] = {"prepare_s": time.perf_counter() - start, "bytes": _folder_bytes(tiled)}
+      sources["tiles"] = data.open_prepared(tiled)
+    if any(s.startswith("prepared/") for s in wanted):
+      from hdr_jax import tfds_ntire
+
+      start = time.perf_counter()
+      version_dir = tfds_ntire.prepare(folder, workdir / "tfds")
+      prepared["array_record"] = {"prepare_s": time.perf_counter() - start, "bytes": _folder_bytes(version_dir)}
+      for backend in ("tfds", "array_record"):
+        if f"prepared/{backend}" in wanted:
+          sources[f"prepared/{backend}"] = data.PreparedSource(version_dir, "train", backend=backend)
     results = []
     for crops in (int(c) for c in args.crops_per_scene.split(",")):
       for name, source in sources.items():
@@ -88,7 +117,7 @@ def main(argv=None) -> dict:
     report = {
         "config": {k: v for k, v in vars(args).items() if k not in ("json", "workdir")},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "png_bytes": _folder_bytes(folder), "prepared_bytes": _folder_bytes(version_dir), "prepare_s": prepare_s,
+        "png_bytes": _folder_bytes(folder), "prepared": prepared,
         "results": results,
     }
   finally:
@@ -97,8 +126,9 @@ def main(argv=None) -> dict:
 
   print(f"\n{args.scenes} scenes {args.height}x{args.width}, batch {args.batch} x {args.patch}x{args.patch}, "
         f"{args.threads} reader thread(s)/process, {os.cpu_count()} CPUs")
-  print(f"PNG folder {report['png_bytes'] / 2**20:.1f} MiB; prepared {report['prepared_bytes'] / 2**20:.1f} MiB "
-        f"(prepared in {prepare_s:.1f} s)\n")
+  print(f"PNG folder {report['png_bytes'] / 2**20:.1f} MiB" + "".join(
+      f"; {name} {p['bytes'] / 2**20:.1f} MiB (prepared in {p['prepare_s']:.1f} s)" for name, p in prepared.items())
+        + "\n")
   counts = sorted({r["workers"] for r in results})
   print(f"{'crops/s':36s}" + "".join(f"{f'{w} workers':>12s}" for w in counts))
   for key in dict.fromkeys((r["source"], r["crops_per_scene"]) for r in results):

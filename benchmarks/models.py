@@ -29,9 +29,10 @@ in convolutions: ``cudnn.allow_tf32``) and bfloat16 ``torch.autocast``; ``cudnn.
 the speed ratio JAX/PyTorch = PyTorch time / JAX time (> 1: JAX faster).
 
 ``--pipeline``: crops/s delivered by ``hdr_jax.data.make_train_iterator`` over a synthesised NTIRE folder
-(``--pipeline_height`` x ``--pipeline_width``; the prepared ArrayRecord source too when
-tensorflow_datasets is importable) for each ``--workers`` count, next to the fastest JAX train step's
-consumption (this run's, or ``--consumption_from=JSON``); target ratio >= 1.5.
+(``--pipeline_height`` x ``--pipeline_width``): its tiles (``hdr_jax.tiles``), the prepared ArrayRecord
+source when tensorflow_datasets is importable, and the PNG folder itself, for each ``--workers`` count,
+next to the fastest JAX train step's consumption (this run's, or ``--consumption_from=JSON``); target
+ratio >= 1.5.
 
   python benchmarks/models.py                                          # GPU: all models, f32 + bf16
   python benchmarks/models.py --batch=2 --patch=64 --height=64 --width=96 --repeats=2 --torch  # CPU check
@@ -421,6 +422,12 @@ def pipeline_check(args, consumption: dict | None, report: dict, save) -> None:
     _synthesize(folder, args.pipeline_scenes, args.pipeline_height, args.pipeline_width)
     result["synthesize_s"] = time.perf_counter() - start
     sources = []
+    from hdr_jax import tiles
+
+    start = time.perf_counter()
+    tiles.prepare(folder, workdir / "tiles", verbose=False)
+    result["tiles_prepare_s"] = time.perf_counter() - start
+    sources.append(("tiles", data.open_prepared(workdir / "tiles")))
     if importlib.util.find_spec("tensorflow_datasets") is not None:
       from hdr_jax import tfds_ntire
 
@@ -429,7 +436,7 @@ def pipeline_check(args, consumption: dict | None, report: dict, save) -> None:
       result["prepare_s"] = time.perf_counter() - start
       sources.append(("prepared/array_record", data.PreparedSource(version_dir, "train", backend="array_record")))
     else:
-      result["prepared"] = "skipped: tensorflow_datasets is not importable (PNG source only)"
+      result["prepared"] = "skipped: tensorflow_datasets is not importable (PNG and tiles sources only)"
     sources.append(("png", data.NtireSource(folder, decode=False)))
     for crops in _ints(args.crops_per_scene):
       for source_name, source in sources:

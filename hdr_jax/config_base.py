@@ -34,7 +34,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.root = config_dict.placeholder(str)  # NTIRE training folder (NNNN_short.png, ...)
   c.data.val_root = config_dict.placeholder(str)  # NTIRE validation folder (with NNNN_gt.png)
-  c.data.prepared = config_dict.placeholder(str)  # ArrayRecord data_dir from `python -m hdr_jax.tfds_ntire`
+  # Training data prepared once: a tiles folder (`python -m hdr_jax.tiles`) or an ArrayRecord data_dir
+  # (`python -m hdr_jax.tfds_ntire`).
+  c.data.prepared = config_dict.placeholder(str)
   c.data.patch_size = 256
   c.data.num_workers = 0  # grain worker processes (0: in-process)
   c.data.crops_per_scene = 1  # patches cut from each decoded scene (>1 divides the decoding cost per patch)

@@ -7,7 +7,9 @@ Sources are random access (``len``, ``source[i]``) and hold one scene per index,
 ``gt`` is absent for scenes without targets (test folders). :class:`NtireSource` decodes the PNGs of an
 NTIRE folder; :class:`PreparedSource` reads the ArrayRecord files of :mod:`hdr_jax.tfds_ntire`, which hold
 decoded arrays (views into the record: a training crop copies only its window, but the whole record is
-still read; ``crops_per_scene`` spreads that cost over several patches).
+still read; ``crops_per_scene`` spreads that cost over several patches); :class:`hdr_jax.tiles.TiledSource`
+reads the tiles of :mod:`hdr_jax.tiles`, whose ``frames`` and ``gt`` are lazy arrays that decode only the
+tiles under a crop. :func:`open_prepared` picks the prepared kind from the folder.
 
 Training (:func:`make_train_dataset`): one seeded global stream (per-epoch shuffle, repeat, random
 patch with flips and rotations) is cut into consecutive global batches; process ``p`` of ``n`` takes
@@ -99,8 +101,9 @@ def find_prepared(data_dir, split: str = "train") -> tuple[Path, list[Path]]:
       version_dir = versions[-1]
       break
   if version_dir is None:
-    raise io.DataError(root, f"no prepared {_DATASET_NAME} dataset (dataset_info.json) here; prepare one with "
-                       "`python -m hdr_jax.tfds_ntire --manual_dir=... --data_dir=...`")
+    raise io.DataError(root, f"no prepared dataset here: neither tiles.json (`python -m hdr_jax.tiles --input=... "
+                       f"--output=...`) nor a {_DATASET_NAME} dataset_info.json "
+                       "(`python -m hdr_jax.tfds_ntire --manual_dir=... --data_dir=...`)")
   pattern = re.compile(rf"^{_DATASET_NAME}-(\w+)\.array_record-(\d{{5}})-of-(\d{{5}})$")
   shards: dict[str, list[Path]] = {}
   for p in version_dir.iterdir():
@@ -113,6 +116,25 @@ def find_prepared(data_dir, split: str = "train") -> tuple[Path, list[Path]]:
   if len(files) != total:
     raise io.DataError(version_dir, f"split {split!r} is incomplete: {len(files)} of {total} shard files")
   return version_dir, files
+
+
+def open_prepared(path, split: str = "train"):
+  """The source of ``config.data.prepared``: a tiles folder (:mod:`hdr_jax.tiles`; ``tiles.json`` in
+  ``path`` or in ``path/split``) or a TFDS ArrayRecord data dir (:class:`PreparedSource`)."""
+  from hdr_jax import tiles
+
+  root = Path(path)
+  for folder in (root, root / split):
+    if (folder / tiles.INDEX).is_file():
+      return tiles.TiledSource(folder)
+  return PreparedSource(root, split)
+
+
+def train_source(config, train_dir=None):
+  """The training source of a config: ``data.prepared`` when set, else the NTIRE folder ``train_dir``."""
+  if config.data.prepared:
+    return open_prepared(config.data.prepared, "train")
+  return NtireSource(train_dir)
 
 
 class PreparedSource:

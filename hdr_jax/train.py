@@ -59,11 +59,10 @@ def _check_config(config) -> None:
 def make_train_iterator(config, train_dir):
   from hdr_jax import data
 
-  source = data.PreparedSource(config.data.prepared, "train") if config.data.prepared else data.NtireSource(train_dir)
   return data.make_train_iterator(
-      source, patch_size=config.data.patch_size, global_batch_size=config.batch_size, seed=config.seed,
-      shard_index=jax.process_index(), shard_count=jax.process_count(), num_workers=config.data.num_workers,
-      crops_per_scene=config.data.crops_per_scene)
+      data.train_source(config, train_dir), patch_size=config.data.patch_size, global_batch_size=config.batch_size,
+      seed=config.seed, shard_index=jax.process_index(), shard_count=jax.process_count(),
+      num_workers=config.data.num_workers, crops_per_scene=config.data.crops_per_scene)
 
 
 def train_and_evaluate(config, workdir) -> dict:
@@ -104,7 +103,8 @@ def train_and_evaluate(config, workdir) -> dict:
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(engine.task.param_state(engine.bundle(state))))
     writer.write_scalars(0, {"num_params": n_params})
     print(f"{config.model.name}: {n_params:,} parameters; {jax.device_count()} device(s) "
-          f"({jax.devices()[0].platform}), {jax.process_count()} process(es); data: {train_dir}", flush=True)
+          f"({jax.devices()[0].platform}), {jax.process_count()} process(es); "
+          f"data: {config.data.prepared or train_dir}", flush=True)
 
   def meta_for(step):
     return {"rng": np.asarray(jax.random.key_data(root_key)).tolist(), "model": config.model.name,

@@ -143,10 +143,7 @@ def sample_training_frames(config, num_batches: int) -> np.ndarray:
   from hdr_jax import data
   from hdr_jax import engine as engine_lib
 
-  if config.data.prepared:
-    source = data.PreparedSource(config.data.prepared, "train")
-  else:
-    source = data.NtireSource(engine_lib.resolve_data(config)[0])
+  source = data.train_source(config, None if config.data.prepared else engine_lib.resolve_data(config)[0])
   it = data.make_train_iterator(source, patch_size=config.data.patch_size, global_batch_size=config.batch_size,
                                 seed=config.seed, num_workers=0)
   try:

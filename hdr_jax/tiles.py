@@ -1,0 +1,301 @@
+"""NTIRE scenes stored as independently compressed tiles, so a training crop decodes only the tiles under it.
+
+A 256x256 crop of a PNG scene decodes the whole 1060x1900 frames (three 8-bit PNGs and the 16-bit
+target) and throws 97 % of it away. Prepared once with this module, the same scene is a single file of
+``tile`` x ``tile`` PNG tiles (128 by default), and a crop decodes the 4 to 9 tiles it covers. The
+pixels are the PNG folder's exactly (lossless PNG, the target kept as the 16-bit PNG values and divided by
+the same float32 alignratio on reading), so a run trained from the tiles sees bit-identical batches.
+
+Prepare (one folder of NTIRE scenes; run it once per split)::
+
+  python -m hdr_jax.tiles --input=/data/ntire/train --output=/data/ntire_tiles/train [--tile=128] [--workers=N]
+
+and train with ``--config.data.prepared=/data/ntire_tiles/train``. The folder holds one ``NNNN.tiles``
+file per scene and ``tiles.json``, written last: a folder without it (an interrupted preparation) is not
+a dataset, and running the command again redoes it.
+
+File layout of ``NNNN.tiles``: ``MAGIC``, a little-endian uint32 header length, the JSON header
+(``id``, ``height``, ``width``, ``tile``, ``images`` (3, or 4 with the target), ``exposures``,
+``alignratio``), ``(tiles_y * tiles_x * images + 1)`` little-endian uint64 offsets (relative to the first
+blob), then the PNG blobs in row-major tile order, for each tile the short, medium, long frame and target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import multiprocessing
+import os
+import struct
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from hdr_jax import io
+
+MAGIC = b"HDRTILE1"
+INDEX = "tiles.json"
+FORMAT = "hdr_jax.tiles/1"
+_HEAD = len(MAGIC) + 4
+_FIRST_READ = 1 << 16  # bytes read at once for a header (covers the offsets of a 1060x1900 scene)
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------------
+
+
+def _grid(height: int, width: int, tile: int) -> tuple[int, int]:
+  return -(-height // tile), -(-width // tile)
+
+
+def encode_scene(scene_id: str, frames: np.ndarray, exposures, tile: int, gt_png16: np.ndarray | None = None,
+                 alignratio=None) -> bytes:
+  """The ``.tiles`` bytes of one scene: ``frames`` uint8 ``(3, H, W, 3)`` RGB, ``gt_png16`` the target's
+  uint16 PNG values ``(H, W, 3)`` (or None) with its ``alignratio``."""
+  frames = np.asarray(frames)
+  if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[0] != 3 or frames.shape[-1] != 3:
+    raise ValueError(f"frames must be uint8 (3, H, W, 3), got {frames.dtype} {frames.shape}")
+  if tile < 16:
+    raise ValueError(f"tile must be at least 16 pixels, got {tile}")
+  h, w = frames.shape[1:3]
+  images = list(frames)
+  if gt_png16 is not None:
+    if gt_png16.dtype != np.uint16 or gt_png16.shape != (h, w, 3):
+      raise ValueError(f"gt_png16 must be uint16 ({h}, {w}, 3), got {gt_png16.dtype} {gt_png16.shape}")
+    images.append(gt_png16)
+  ny, nx = _grid(h, w, tile)
+  blobs = [io.encode_png(np.ascontiguousarray(img[ty * tile:(ty + 1) * tile, tx * tile:(tx + 1) * tile]))
+           for ty in range(ny) for tx in range(nx) for img in images]
+  offsets = np.zeros(len(blobs) + 1, "<u8")
+  offsets[1:] = np.cumsum([len(b) for b in blobs])
+  header = json.dumps({"id": scene_id, "height": int(h), "width": int(w), "tile": int(tile), "images": len(images),
+                       "exposures": [float(e) for e in np.asarray(exposures, np.float32)],
+                       "alignratio": None if alignratio is None else float(np.float32(alignratio))}).encode()
+  return b"".join([MAGIC, struct.pack("<I", len(header)), header, offsets.tobytes(), *blobs])
+
+
+def _prepare_scene(scene: io.SceneFiles, out: Path, tile: int) -> dict:
+  frames = np.stack([io.read_ldr_png_uint8(p) for p in scene.frames])
+  for p, f in zip(scene.frames[1:], frames[1:]):
+    if f.shape != frames[0].shape:
+      raise io.DataError(p, f"frame size {f.shape[:2]} differs from the short frame's {frames[0].shape[:2]}")
+  gt = align = None
+  if scene.has_gt:
+    align = io.read_alignratio(scene.alignratio)
+    gt = io._decode_png(scene.gt, 16)
+    if gt.shape != frames.shape[1:]:
+      raise io.DataError(scene.gt, f"ground-truth size {gt.shape[:2]} differs from the frames' {frames.shape[1:3]}")
+  name = f"{scene.scene_id}.tiles"
+  io.atomic_write_bytes(out / name, encode_scene(scene.scene_id, frames, io.read_exposures(scene.exposures), tile,
+                                                gt, align))
+  return {"id": scene.scene_id, "file": name, "height": int(frames.shape[1]), "width": int(frames.shape[2]),
+          "has_gt": scene.has_gt}
+
+
+def prepare(input_dir, output_dir, *, tile: int = 128, workers: int | None = None, verbose: bool = True) -> Path:
+  """Writes every scene of the NTIRE folder ``input_dir`` as tiles into ``output_dir``; ``tiles.json``
+  last. Refuses an ``output_dir`` that already holds a finished dataset."""
+  input_dir, out = Path(input_dir), Path(output_dir)
+  if tile < 16:
+    raise ValueError(f"--tile must be at least 16 pixels, got {tile}")
+  if (out / INDEX).exists():
+    raise io.DataError(out / INDEX, "already exists: this folder holds a prepared dataset (remove it to redo)")
+  if out.resolve() == input_dir.resolve():
+    raise io.DataError(out, "the output folder must not be the input folder")
+  scenes = io.validate_folder(input_dir, decode=False)
+  out.mkdir(parents=True, exist_ok=True)
+  workers = max(1, min(len(scenes), workers or os.cpu_count() or 1))
+  start, rows = time.perf_counter(), []
+  if workers == 1:
+    rows = [_prepare_scene(s, out, tile) for s in scenes]
+  else:
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+      rows = list(pool.map(_prepare_scene, scenes, [out] * len(scenes), [tile] * len(scenes)))
+  index = {"format": FORMAT, "tile": tile, "source": str(input_dir.absolute()), "scenes": rows}
+  io.atomic_write_bytes(out / INDEX, (json.dumps(index, indent=1) + "\n").encode())
+  if verbose:
+    png = sum(p.stat().st_size for s in scenes for p in (*s.frames, s.gt) if p is not None)
+    tiled = sum((out / r["file"]).stat().st_size for r in rows)
+    print(f"prepared {len(rows)} scenes as {tile}x{tile} tiles in {out} ({time.perf_counter() - start:.1f} s, "
+          f"{tiled / 2**20:.1f} MiB; the PNGs: {png / 2**20:.1f} MiB)")
+  return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------------
+
+
+def _read_header(path: Path) -> tuple[dict, np.ndarray, int]:
+  """``(header, offsets, data_start)`` of a ``.tiles`` file, checked against the file's size."""
+  try:
+    with open(path, "rb") as f:
+      head = f.read(_FIRST_READ)
+      size = os.fstat(f.fileno()).st_size
+      if len(head) < _HEAD or head[:len(MAGIC)] != MAGIC:
+        raise io.DataError(path, "not an hdr_jax tiles file (bad magic)")
+      (n,) = struct.unpack("<I", head[len(MAGIC):_HEAD])
+      try:
+        header = json.loads(head[_HEAD:_HEAD + n]) if _HEAD + n <= len(head) else json.loads(
+            os.pread(f.fileno(), n, _HEAD))
+        ny, nx = _grid(header["height"], header["width"], header["tile"])
+        count = ny * nx * header["images"] + 1
+      except (ValueError, KeyError, TypeError) as e:
+        raise io.DataError(path, f"corrupt header ({e})") from None
+      start = _HEAD + n
+      raw = head[start:start + 8 * count]
+      if len(raw) < 8 * count:
+        raw = os.pread(f.fileno(), 8 * count, start)
+  except OSError as e:
+    raise io.DataError(path, f"cannot be read ({e.strerror or e})") from None
+  offsets = np.frombuffer(raw, "<u8") if len(raw) == 8 * count else None
+  data_start = start + 8 * count
+  if offsets is None or np.any(np.diff(offsets.astype(np.int64)) <= 0) or data_start + int(offsets[-1]) != size:
+    raise io.DataError(path, f"truncated or corrupt ({size} bytes, the header's tile index does not match)")
+  return header, offsets, data_start
+
+
+class _TiledImages:
+  """A read-only array view ``(H, W, 3)`` (one image) or ``(K, H, W, 3)`` (the frames) of a ``.tiles``
+  file: basic slicing decodes only the tiles under the slice; anything else decodes the whole image."""
+
+  def __init__(self, path: Path, header: dict, offsets: np.ndarray, data_start: int, images: tuple[int, ...],
+               stacked: bool, dtype, scale=None):
+    self._path, self._header, self._offsets, self._start = path, header, offsets, data_start
+    self._images, self._stacked, self._scale = images, stacked, scale
+    self.dtype = np.dtype(dtype)
+    hw = (header["height"], header["width"], 3)
+    self.shape = (len(images), *hw) if stacked else hw
+    self.ndim = len(self.shape)
+
+  def __len__(self) -> int:
+    return self.shape[0]
+
+  def __array__(self, dtype=None, copy=None):
+    out = self._region(0, self.shape[-3], 0, self.shape[-2])
+    return out if dtype is None else out.astype(dtype)
+
+  def __getitem__(self, key):
+    key = key if isinstance(key, tuple) else (key,)
+    lead = (key[0],) if self._stacked and key else ()
+    spatial = key[len(lead):]
+    if len(spatial) == 3 and spatial[2] == slice(None):  # [..., y, x, :]
+      spatial = spatial[:2]
+    if len(spatial) <= 2 and all(isinstance(s, slice) and s.step in (None, 1) for s in spatial):
+      ys, xs = (*spatial, slice(None), slice(None))[:2]
+      y0, y1, _ = ys.indices(self.shape[-3])
+      x0, x1, _ = xs.indices(self.shape[-2])
+      out = self._region(y0, max(y0, y1), x0, max(x0, x1))
+      return out[lead] if lead else out
+    return np.asarray(self)[key]
+
+  def _region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    t, per = self._header["tile"], self._header["images"]
+    nx = _grid(self._header["height"], self._header["width"], t)[1]
+    out = np.empty((len(self._images), y1 - y0, x1 - x0, 3), np.uint8 if self._scale is None else np.uint16)
+    if y1 > y0 and x1 > x0:
+      tx0, tx1 = x0 // t, (x1 - 1) // t
+      try:
+        fd = os.open(self._path, os.O_RDONLY)
+      except OSError as e:
+        raise io.DataError(self._path, f"cannot be read ({e.strerror or e})") from None
+      try:
+        for ty in range(y0 // t, (y1 - 1) // t + 1):
+          first, last = (ty * nx + tx0) * per, (ty * nx + tx1 + 1) * per
+          base = int(self._offsets[first])
+          row = os.pread(fd, int(self._offsets[last]) - base, self._start + base)
+          for tx in range(tx0, tx1 + 1):
+            ty0, tx0_ = ty * t, tx * t
+            sy = slice(max(y0, ty0), min(y1, ty0 + t))
+            sx = slice(max(x0, tx0_), min(x1, tx0_ + t))
+            for k, image in enumerate(self._images):
+              b = (ty * nx + tx) * per + image
+              tile = self._decode(row[int(self._offsets[b]) - base:int(self._offsets[b + 1]) - base], ty, tx, image)
+              out[k, sy.start - y0:sy.stop - y0, sx.start - x0:sx.stop - x0] = \
+                  tile[sy.start - ty0:sy.stop - ty0, sx.start - tx0_:sx.stop - tx0_]
+      finally:
+        os.close(fd)
+    if self._scale is not None:
+      out = out / self._scale
+    return out if self._stacked else out[0]
+
+  def _decode(self, blob: bytes, ty: int, tx: int, image: int) -> np.ndarray:
+    t, h, w = self._header["tile"], self._header["height"], self._header["width"]
+    want = (min(t, h - ty * t), min(t, w - tx * t), 3)
+    img = io.cv2.imdecode(np.frombuffer(blob, np.uint8), io.cv2.IMREAD_UNCHANGED) if blob else None
+    dtype = np.uint8 if self._scale is None else np.uint16
+    if img is None or img.shape != want or img.dtype != dtype:
+      raise io.DataError(self._path, f"corrupt tile (row {ty}, column {tx}, image {image}): "
+                         f"could not be decoded to {dtype.__name__} {want}")
+    return io.cv2.cvtColor(img, io.cv2.COLOR_BGR2RGB)
+
+
+class TiledSource:
+  """Random access over a folder written by :func:`prepare`. An element is a dict like
+  ``data.NtireSource``'s, except that ``frames`` (uint8) and ``gt`` (float32, ``png16 / alignratio``) are
+  lazy arrays: slicing them decodes only the tiles under the slice (``np.asarray`` decodes the whole)."""
+
+  def __init__(self, folder):
+    self.folder = Path(folder)
+    index_path = self.folder / INDEX
+    if not index_path.is_file():
+      raise io.DataError(index_path, "is missing: not a prepared tiles folder (or its preparation did not finish); "
+                         "prepare one with `python -m hdr_jax.tiles --input=NTIRE_DIR --output=...`")
+    try:
+      index = json.loads(index_path.read_text())
+      if index.get("format") != FORMAT:
+        raise ValueError(f"format {index.get('format')!r}, expected {FORMAT!r}")
+      self.rows = [dict(r) for r in index["scenes"]]
+      self.frame_sizes = [(int(r["height"]), int(r["width"])) for r in self.rows]
+    except (ValueError, KeyError, TypeError) as e:
+      raise io.DataError(index_path, f"corrupt index ({e})") from None
+    for r in self.rows:
+      if not (self.folder / r["file"]).is_file():
+        raise io.DataError(self.folder / r["file"], f"file is missing (scene {r['id']} of {index_path})")
+
+  def __len__(self) -> int:
+    return len(self.rows)
+
+  def __getitem__(self, index: int) -> dict:
+    row = self.rows[index]
+    path = self.folder / row["file"]
+    header, offsets, start = _read_header(path)
+    if (header["height"], header["width"]) != self.frame_sizes[index] or header["id"] != row["id"]:
+      raise io.DataError(path, f"header ({header['id']}, {header['height']}x{header['width']}) does not match "
+                         f"{INDEX} ({row['id']}, {self.frame_sizes[index][0]}x{self.frame_sizes[index][1]})")
+    out = {"frames": _TiledImages(path, header, offsets, start, (0, 1, 2), True, np.uint8),
+           "exposures": np.asarray(header["exposures"], np.float32), "id": header["id"], "index": int(index)}
+    if header["images"] == 4:
+      out["gt"] = _TiledImages(path, header, offsets, start, (3,), False, np.float32,
+                               scale=np.float32(header["alignratio"]))
+    return out
+
+  def describe(self, index: int) -> str:
+    return str(self.folder / self.rows[index]["file"])
+
+  def __repr__(self) -> str:
+    return f"TiledSource({str(self.folder)!r}, {len(self)} scenes)"
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description="Prepare a folder of NTIRE scenes as tiles, so that a training crop "
+                              "decodes only the tiles under it (read with --config.data.prepared=OUTPUT).")
+  p.add_argument("--input", required=True, help="folder of NTIRE scenes (one split)")
+  p.add_argument("--output", required=True, help="folder to write (NNNN.tiles files and tiles.json)")
+  p.add_argument("--tile", type=int, default=128, help="tile size in pixels (default 128)")
+  p.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU)")
+  args = p.parse_args(argv)
+  try:
+    prepare(args.input, args.output, tile=args.tile, workers=args.workers)
+  except (io.DataError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
