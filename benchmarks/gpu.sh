@@ -5,7 +5,8 @@
 #   2. benchmarks/models.py: vam, vam_drdb, ahdrnet x float32, bfloat16: JAX train step (batch 8 x 256^2),
 #      full-frame inference (1060x1900), FLOPs/MFU, peak memory; the official PyTorch AHDRNet beside them
 #      (when torch imports);
-#   3. the input pipeline's delivered crops/s against the fastest train step;
+#   3. the input pipeline's delivered crops/s (tiles, prepared ArrayRecord, PNG; 1 crop per scene) against
+#      the fastest train step;
 #   4. benchmarks/diffusion_sampling.py: DDPM sampling at 8 x 128^2, T=1000, bf16, U-Net sizes full and
 #      matched (add ddpm through DIFFUSION_ARGS: ~60 s more), compiled loop vs Python stepping vs eager
 #      PyTorch, DDIM-50, MFU against a measured peak;
@@ -62,7 +63,7 @@ PROFILE_TIMEOUT=${PROFILE_TIMEOUT:-45}
 CMDBUF_TIMEOUT=${CMDBUF_TIMEOUT:-45}
 GNSTATS_TIMEOUT=${GNSTATS_TIMEOUT:-45}
 MODELS_ARGS=${MODELS_ARGS:-}
-PIPELINE_ARGS=${PIPELINE_ARGS:---crops_per_scene=1,4}
+PIPELINE_ARGS=${PIPELINE_ARGS:---crops_per_scene=1}
 DIFFUSION_ARGS=${DIFFUSION_ARGS:---size=full,matched --dtype=bfloat16 --repeats=2 --torch_steps=20}
 CMDBUF_ARGS=${CMDBUF_ARGS:---size=matched --dtype=bfloat16 --repeats=2}
 QUALITY_ARGS=${QUALITY_ARGS:---train_steps=3000 --val_scenes=8 --seeds=0,1 --samplers=ddpm,ddim:50:1,ddim:50:0 \
