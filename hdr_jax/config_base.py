@@ -30,7 +30,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   # '' (off) or a directory. A restarted run loads its compiled programs instead of recompiling them.
   c.compilation_cache = "auto"
 
-  # Data. data.root unset: the embedded dataset (synthesised once into data.cache_dir).
+  # Data. Training: data.prepared, else data.root, else the embedded dataset (synthesised once into
+  # data.cache_dir). Validation: data.val_root, else data.root, else the embedded validation set.
   c.data = ml_collections.ConfigDict()
   c.data.root = config_dict.placeholder(str)  # NTIRE training folder (NNNN_short.png, ...)
   c.data.val_root = config_dict.placeholder(str)  # NTIRE validation folder (with NNNN_gt.png)

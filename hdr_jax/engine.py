@@ -257,13 +257,16 @@ class Engine:
 # -------------------------------------------------------------------------------------------------
 
 
-def resolve_data(config) -> tuple[Path, Path]:
-  """``(train_dir, val_dir)``: the configured NTIRE folders, or the embedded dataset synthesised once
-  into the cache (``data.root`` unset). The validation folder defaults to the training folder."""
+def resolve_data(config) -> tuple[Path | None, Path]:
+  """``(train_dir, val_dir)``: the configured NTIRE folders (``data.root``; ``data.val_root``, which
+  defaults to the training folder), the embedded dataset synthesised once into the cache for whichever
+  is not configured, or ``train_dir`` None when ``data.prepared`` supplies the training data and
+  ``data.root`` is unset (only the validation folder is needed then)."""
   d = config.data
-  if d.root:
-    train = Path(d.root)
-    val = Path(d.val_root) if d.val_root else train
+  train = Path(d.root) if d.root else None
+  val = Path(d.val_root) if d.val_root else train
+  need_train, need_val = train is None and not d.prepared, val is None
+  if not (need_train or need_val):
     return train, val
   from hdr_jax import synthesize
 
@@ -271,18 +274,24 @@ def resolve_data(config) -> tuple[Path, Path]:
   cache = Path(d.cache_dir) if d.cache_dir else synthesize.default_cache_dir()
   hdr_files = tuple(str(Path(p)) for p in e.hdr_files)
   tag = "real" if hdr_files else "proc"
-  train = cache / f"embedded_{tag}_train_n{e.train_scenes}_{e.height}x{e.width}_s{e.seed}"
-  val = cache / f"embedded_{tag}_val_n{e.val_scenes}_{e.val_height}x{e.val_width}_s{e.seed}"
+  if need_train:
+    train = cache / f"embedded_{tag}_train_n{e.train_scenes}_{e.height}x{e.width}_s{e.seed}"
+  if need_val:
+    val = cache / f"embedded_{tag}_val_n{e.val_scenes}_{e.val_height}x{e.val_width}_s{e.seed}"
+
+  def ensure():
+    if need_train:
+      synthesize.ensure_dataset(train, e.train_scenes, e.height, e.width, hdr_files=hdr_files, seed=e.seed)
+    if need_val:
+      synthesize.ensure_dataset(val, e.val_scenes, e.val_height, e.val_width, hdr_files=hdr_files,
+                                seed=e.seed + 7919)
+
   if jax.process_index() == 0:
-    synthesize.ensure_dataset(train, e.train_scenes, e.height, e.width, hdr_files=hdr_files, seed=e.seed)
-    synthesize.ensure_dataset(val, e.val_scenes, e.val_height, e.val_width, hdr_files=hdr_files,
-                              seed=e.seed + 7919)
+    ensure()
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("hdr_jax:embedded_dataset")
     if jax.process_index() != 0:  # a host with its own disk makes its own (identical) copy
-      synthesize.ensure_dataset(train, e.train_scenes, e.height, e.width, hdr_files=hdr_files, seed=e.seed)
-      synthesize.ensure_dataset(val, e.val_scenes, e.val_height, e.val_width, hdr_files=hdr_files,
-                                seed=e.seed + 7919)
+      ensure()
   return train, val
 
 

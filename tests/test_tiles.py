@@ -102,6 +102,15 @@ def test_train_entry_point_reads_tiles(folders, tmp_path):
   assert f"data: {folders / 'tiles'}" in proc.stdout
   summary = json.loads((tmp_path / "w" / "summary.json").read_text())
   assert summary["step"] == 2 and summary["checkpoints"] == [2] and np.isfinite(summary["eval"]["psnr_mu"])
+  # Validation ran on data.val_root (the evaluate entry point, which reads the same config, agrees on the
+  # medium-frame baseline), and nothing was synthesised: data.root is unset and not needed.
+  ev = subprocess.run([sys.executable, "-m", "hdr_jax.evaluate", f"--workdir={tmp_path / 'w'}"], cwd=ROOT, env=env,
+                      capture_output=True, text=True, timeout=600)
+  assert ev.returncode == 0, ev.stderr[-3000:]
+  result = json.loads((tmp_path / "w" / "eval_2.json").read_text())
+  assert result["data"] == str(folders / "png") and len(result["scenes"]) == 5
+  assert result["mean"]["baseline_psnr_mu"] == pytest.approx(summary["eval"]["baseline_psnr_mu"], abs=1e-4)
+  assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").glob("embedded_*"))
 
 
 def test_damaged_or_unfinished_data_is_named(folders, tmp_path):
