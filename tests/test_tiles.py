@@ -76,16 +76,20 @@ def test_slices_decode_only_the_tiles_under_them(folders, monkeypatch):
   assert b["frames"][:, 10:10, 5:9].shape == (3, 0, 4, 3)
 
 
-@pytest.mark.parametrize("crops_per_scene", [1, 2])
-def test_training_batches_are_the_png_folders(folders, crops_per_scene):
+@pytest.mark.parametrize("crops_per_scene,workers", [(1, 0), (2, 0), (1, 1)])
+def test_training_batches_are_the_png_folders(folders, crops_per_scene, workers):
   kw = dict(patch_size=32, global_batch_size=4, seed=3, crops_per_scene=crops_per_scene)
   it_png = data.make_train_iterator(data.NtireSource(folders / "png"), **kw)
-  it_tiles = data.make_train_iterator(data.open_prepared(folders / "tiles"), **kw)
-  for _ in range(4):
-    a, b = next(it_png), next(it_tiles)
-    for k in ("frames", "exposures", "gt"):
-      assert a[k].dtype == b[k].dtype
-      np.testing.assert_array_equal(a[k], b[k])
+  it_tiles = data.make_train_iterator(data.open_prepared(folders / "tiles"), num_workers=workers, **kw)
+  try:
+    for _ in range(4):
+      a, b = next(it_png), next(it_tiles)
+      for k in ("frames", "exposures", "gt"):
+        assert a[k].dtype == b[k].dtype
+        np.testing.assert_array_equal(a[k], b[k])
+  finally:
+    for it in (it_png, it_tiles):
+      getattr(it, "close", lambda: None)()
 
 
 def test_train_entry_point_reads_tiles(folders, tmp_path):
@@ -138,16 +142,22 @@ def test_damaged_or_unfinished_data_is_named(folders, tmp_path):
     (copy / p.name).write_bytes(p.read_bytes())
   blob = bytearray((copy / "0001.tiles").read_bytes())
   (copy / "0001.tiles").write_bytes(bytes(blob[:-10]))
-  src = tiles.TiledSource(copy)
   with pytest.raises(io.DataError, match=r"0001\.tiles: truncated or corrupt"):
-    src[1]
+    tiles.TiledSource(copy)  # found before any training step
+  (copy / "0001.tiles").write_bytes((folders / "tiles" / "0001.tiles").read_bytes())
   header, offsets, start = tiles._read_header(folders / "tiles" / "0003.tiles")
   at = start + int(offsets[5]) + 40  # inside the blob of tile (0, 1), image 1 (the medium frame)
   blob = bytearray((copy / "0003.tiles").read_bytes())
   blob[at:at + 8] = b"\x00" * 8
   (copy / "0003.tiles").write_bytes(bytes(blob))
+  src = tiles.TiledSource(copy)
   with pytest.raises(io.DataError, match=r"0003\.tiles: corrupt tile \(row 0, column 1, image 1\)"):
     np.asarray(src[3]["frames"])
+  # A scene file that does not belong to its place in tiles.json.
+  (copy / "0002.tiles").write_bytes((folders / "tiles" / "0000.tiles").read_bytes())
+  with pytest.raises(io.DataError, match=r"0002\.tiles: header \(scene 0000.*does not match tiles\.json \(scene 0002"):
+    tiles.TiledSource(copy)
+  (copy / "0002.tiles").write_bytes((folders / "tiles" / "0002.tiles").read_bytes())
   (copy / "0004.tiles").unlink()
   with pytest.raises(io.DataError, match=r"0004\.tiles: file is missing"):
     tiles.TiledSource(copy)
