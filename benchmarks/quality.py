@@ -1,8 +1,10 @@
 r"""Held-out quality benchmark: every model trained for the same budget, scored on real radiance maps.
 
 1. Evaluation sets (NTIRE format) synthesised from the radiance maps given with ``--hdr`` (never used
-   for training) at two difficulty levels: ``static`` (no camera or object motion, sensor noise x0.25)
-   and ``hard`` (camera and object motion x3, sensor noise x4) (``hdr_jax.synthesize`` options).
+   for training) at difficulty levels (``--levels``, default ``static,hard``): ``static`` (no camera or
+   object motion, sensor noise x0.25) and ``hard`` (camera and object motion x3, sensor noise x4), and to
+   tell noise from ghosting apart ``noise`` (static, noise x4) and ``motion`` (motion x3, noise x0.25)
+   (``hdr_jax.synthesize`` options; the same seed, so every level holds the same crops of the maps).
 2. Each model config trains through the real trainer (``hdr_jax.train.train_and_evaluate``, in this
    process) on the embedded training data, for ``--steps`` steps of batch ``--batch`` of ``--size`` x
    ``--size`` patches, once per seed. The embedded scenes are procedural, or built by the same
@@ -46,6 +48,8 @@ MODELS = ("ahdrnet", "vam", "vam_drdb", "vam_drdb_ldae", "gan", "ddpm")
 CONFIGS = {"ahdrnet": "ahdrnet", "vam": "vam", "vam_drdb": "vam_drdb", "vam_drdb_ldae": "vam_drdb", "gan": "gan",
            "ddpm": "diffusion"}
 LEVELS = {"static": dict(camera_motion=0.0, object_motion=0.0, noise=0.25),
+          "noise": dict(camera_motion=0.0, object_motion=0.0, noise=4.0),
+          "motion": dict(camera_motion=3.0, object_motion=3.0, noise=0.25),
           "hard": dict(camera_motion=3.0, object_motion=3.0, noise=4.0)}
 METRICS = ("psnr_mu", "psnr_l", "ssim_mu", "ssim_l")
 # --widths=small: model.* overrides per model.name.
@@ -212,7 +216,7 @@ def make_eval_sets(args) -> dict:
   n = len(args.hdr) * args.scenes_per_hdr
   return {level: synthesize.ensure_dataset(args.out / "eval" / f"{level}_n{n}_{h}x{w}", n, h, w, hdr_files=args.hdr,
                                            seed=args.eval_seed, verbose=False, **kw)
-          for level, kw in LEVELS.items()}
+          for level, kw in args.levels.items()}
 
 
 def scene_baselines(eval_dirs: dict) -> dict:
@@ -370,12 +374,13 @@ def markdown(report: dict) -> str:
            f"{s['train_size']}x{s['train_size']}), model widths: {s['widths']}, each model with its config's optimiser "
            f"(lr column), seeds {s['seeds']}{ldae}. Evaluation: {s['eval_scenes']} scenes of "
            f"{s['eval_hw'][0]}x{s['eval_hw'][1]} per level from {len(s['hdr'])} held-out radiance maps "
-           f"({', '.join(Path(p).name for p in s['hdr'])}); static = {LEVELS['static']}, hard = {LEVELS['hard']}. "
+           f"({', '.join(Path(p).name for p in s['hdr'])}); "
+           + "; ".join(f"{lv} = {kw}" for lv, kw in s["levels"].items()) + ". "
            f"Machine: {s['machine']}.", "",
            "Mean ± std over seeds (population std). PSNR in dB (official NTIRE arithmetic), SSIM on the "
            "mu-tonemapped (SSIM-mu) and gamma-domain (SSIM-L) images. 'train s' is the wall time of the trainer "
            "(compilation and its own validation included).", ""]
-  head = (["method", "params", "lr"] + [f"{lv} {m}" for lv in LEVELS for m in ("PSNR-mu", "PSNR-L", "SSIM-mu")]
+  head = (["method", "params", "lr"] + [f"{lv} {m}" for lv in s["levels"] for m in ("PSNR-mu", "PSNR-L", "SSIM-mu")]
           + ["train s"])
   lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
 
@@ -385,7 +390,7 @@ def markdown(report: dict) -> str:
 
   for method, row in report["table"].items():
     cells = [method, f"{row['params']:,}" if row.get("params") else "-", f"{row['lr']:g}" if "lr" in row else "-"]
-    for lv in LEVELS:
+    for lv in s["levels"]:
       cells += [cell(row[lv]["psnr_mu"], 2), cell(row[lv]["psnr_l"], 2), cell(row[lv]["ssim_mu"], 4)]
     cells.append(f"{row['train_seconds']:.0f}" if "train_seconds" in row else "-")
     lines.append("| " + " | ".join(cells) + " |")
@@ -420,7 +425,7 @@ def write_report(args, runs, baselines, notes, figure=None) -> dict:
                       "ldae_steps": max(1, round(args.steps * args.ldae_fraction)), "eval_hw": list(args.eval_hw),
                       "eval_scenes": len(args.hdr) * args.scenes_per_hdr, "hdr": [str(p) for p in args.hdr],
                       "train_hdr": [str(p) for p in args.train_hdr],
-                      "levels": LEVELS, "command": sys.argv},
+                      "levels": args.levels, "command": sys.argv},
             "baselines": baselines, "table": summarise(runs, baselines), "runs": runs, "notes": notes,
             "figure": str(figure) if figure else None}
   hio.atomic_write_bytes(args.out / "quality.json", json.dumps(report, indent=2).encode())
@@ -462,6 +467,7 @@ def parse_args(argv):
   p.add_argument("--eval_size", default=None, help="evaluation frames HxW (default 2size x 3size)")
   p.add_argument("--scenes_per_hdr", type=int, default=None, help="evaluation scenes per radiance map (default 1)")
   p.add_argument("--eval_seed", type=int, default=1234)
+  p.add_argument("--levels", default="static,hard", help=f"comma-separated evaluation levels, from {','.join(LEVELS)}")
   p.add_argument("--widths", choices=("full", "small"), default=None, help="model sizes (default full)")
   p.add_argument("--ldae_fraction", type=float, default=0.5, help="share of the steps spent on l-DAE pretraining")
   p.add_argument("--ddim_steps", type=int, default=None, help="DDIM steps of the ddpm model's fast sampler (50)")
@@ -478,6 +484,10 @@ def parse_args(argv):
       setattr(args, k, v)
   args.seeds = [int(s) for s in str(args.seeds).split(",")]
   args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+  levels = [lv.strip() for lv in args.levels.split(",") if lv.strip()]
+  if not levels or set(levels) - set(LEVELS) or len(set(levels)) != len(levels):
+    p.error(f"--levels: {args.levels!r}; give distinct names from {list(LEVELS)}")
+  args.levels = {lv: LEVELS[lv] for lv in levels}
   unknown = sorted(set(args.models) - set(MODELS))
   if unknown:
     p.error(f"--models: unknown {unknown}; choose from {MODELS}")

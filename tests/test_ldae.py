@@ -128,7 +128,8 @@ def quality_run(tmp_path_factory):
          "JAX_PLATFORMS": "cpu"}
   hdr = _stand_in_radiance_maps(tmp / "hdr")
   proc = subprocess.run([sys.executable, "benchmarks/quality.py", "--tiny", "--models=ahdrnet,vam_drdb_ldae",
-                         "--seeds=0", "--steps=16", f"--out={out}", "--hdr", *map(str, hdr)], cwd=ROOT, env=env,
+                         "--seeds=0", "--steps=16", "--levels=static,noise,hard", f"--out={out}", "--hdr",
+                         *map(str, hdr)], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
   return out, proc.stdout
@@ -213,14 +214,17 @@ def test_quality_benchmark_tiny(quality_run):
   assert json.loads((out / "runs" / "vam_drdb_ldae_s0" / "summary.json").read_text())["step"] == 8
   assert "copied into model.fe" in stdout and str(out / "runs" / "ldae_s0") in stdout
   for method in ("medium frame", "classical merge", "ahdrnet", "vam_drdb + l-DAE"):
-    for level in ("static", "hard"):
+    assert [lv for lv in report["table"][method] if lv in quality.LEVELS] == ["static", "noise", "hard"]
+    for level in ("static", "noise", "hard"):
       assert all(np.isfinite(report["table"][method][level][k][0]) for k in ("psnr_mu", "psnr_l", "ssim_mu"))
+  assert report["setup"]["levels"]["noise"] == {"camera_motion": 0.0, "object_motion": 0.0, "noise": 4.0}
   md = (out / "quality.md").read_text()
   assert "| ahdrnet |" in md and "| classical merge |" in md and "| vam_drdb + l-DAE |" in md
   from hdr_jax import io as hio
 
-  fig = hio.read_ldr_png(out / "quality_crops.png")  # 2 levels x (3 inputs, merge, 2 models, target)
-  assert fig.shape[0] > 2 * 32 and fig.shape[1] >= 7 * 32 and fig.std() > 0.01
+  fig = hio.read_ldr_png(out / "quality_crops.png")  # 3 levels x (3 inputs, merge, 2 models, target)
+  assert fig.shape[0] > 3 * 128 and fig.shape[1] == 7 * 128 and fig.std() > 0.01  # 32-pixel crops shown x4
+  assert "| method | params | lr | static PSNR-mu | static PSNR-L | static SSIM-mu | noise PSNR-mu |" in md
 
 
 def test_quality_figure_labels_wrap_to_the_column_instead_of_being_cut():
@@ -248,6 +252,11 @@ def test_quality_train_hdr_is_used_for_training_and_kept_apart_from_the_held_out
       quality.parse_args(["--tiny", *argv])
     err = capsys.readouterr().err
     assert ("shares" in err and "must not be trained on" in err) or "missing.exr: no such radiance map" in err
+  for levels in ("static,foggy", "static,static", ""):
+    with pytest.raises(SystemExit):
+      quality.parse_args(["--tiny", "--hdr", str(a), f"--levels={levels}"])
+    assert "--levels" in capsys.readouterr().err
+  assert list(quality.parse_args(["--tiny", "--hdr", str(a), "--levels=motion,noise"]).levels) == ["motion", "noise"]
 
 
 def test_quality_refuses_to_reuse_a_run_started_with_other_settings(quality_run):
