@@ -194,29 +194,30 @@ class _TiledImages:
     return np.asarray(self)[key]
 
   def _region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """Rows ``y0:y1`` and columns ``x0:x1`` (clipped to the image) of the view's images: one read per
+    row of tiles (its blobs are contiguous), one decode per tile and image under the window."""
     t, per = self._header["tile"], self._header["images"]
     nx = _grid(self._header["height"], self._header["width"], t)[1]
     out = np.empty((len(self._images), y1 - y0, x1 - x0, 3), np.uint8 if self._scale is None else np.uint16)
     if y1 > y0 and x1 > x0:
-      tx0, tx1 = x0 // t, (x1 - 1) // t
+      first_tx, last_tx = x0 // t, (x1 - 1) // t
       try:
         fd = os.open(self._path, os.O_RDONLY)
       except OSError as e:
         raise io.DataError(self._path, f"cannot be read ({e.strerror or e})") from None
       try:
         for ty in range(y0 // t, (y1 - 1) // t + 1):
-          first, last = (ty * nx + tx0) * per, (ty * nx + tx1 + 1) * per
-          base = int(self._offsets[first])
-          row = os.pread(fd, int(self._offsets[last]) - base, self._start + base)
-          for tx in range(tx0, tx1 + 1):
-            ty0, tx0_ = ty * t, tx * t
-            sy = slice(max(y0, ty0), min(y1, ty0 + t))
-            sx = slice(max(x0, tx0_), min(x1, tx0_ + t))
+          base = int(self._offsets[(ty * nx + first_tx) * per])
+          end = int(self._offsets[(ty * nx + last_tx + 1) * per])
+          row = os.pread(fd, end - base, self._start + base)
+          top, bottom = max(y0, ty * t), min(y1, ty * t + t)  # image rows covered by this tile row
+          for tx in range(first_tx, last_tx + 1):
+            left, right = max(x0, tx * t), min(x1, tx * t + t)
             for k, image in enumerate(self._images):
               b = (ty * nx + tx) * per + image
               tile = self._decode(row[int(self._offsets[b]) - base:int(self._offsets[b + 1]) - base], ty, tx, image)
-              out[k, sy.start - y0:sy.stop - y0, sx.start - x0:sx.stop - x0] = \
-                  tile[sy.start - ty0:sy.stop - ty0, sx.start - tx0_:sx.stop - tx0_]
+              out[k, top - y0:bottom - y0, left - x0:right - x0] = \
+                  tile[top - ty * t:bottom - ty * t, left - tx * t:right - tx * t]
       finally:
         os.close(fd)
     if self._scale is not None:
