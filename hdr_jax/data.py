@@ -65,17 +65,10 @@ class NtireSource:
     return len(self.scenes)
 
   def __getitem__(self, index: int) -> dict:
-    scene = self.scenes[index]
-    frames = np.stack([io.read_ldr_png_uint8(p) for p in scene.frames])
-    for p, f in zip(scene.frames[1:], frames[1:]):
-      if f.shape != frames[0].shape:
-        raise io.DataError(p, f"frame size differs from the short frame's {frames.shape[1:3]}")
-    out = {"frames": frames, "exposures": io.read_exposures(scene.exposures), "id": scene.scene_id,
-           "index": int(index)}
-    if scene.has_gt:
-      out["gt"] = io.read_hdr_png16(scene.gt, scene.alignratio)
-      if out["gt"].shape != frames.shape[1:]:
-        raise io.DataError(scene.gt, f"ground-truth size differs from the frames' {frames.shape[1:3]}")
+    raw = io.read_scene_stored(self.scenes[index])
+    out = {"frames": raw["frames"], "exposures": raw["exposures"], "id": raw["id"], "index": int(index)}
+    if "gt_png16" in raw:
+      out["gt"] = raw["gt_png16"] / raw["alignratio"]
     return out
 
   def describe(self, index: int) -> str:

@@ -405,20 +405,33 @@ def validate_folder(folder, require_gt: bool = False, decode: bool | None = None
   return scenes
 
 
-def read_scene(scene: SceneFiles, with_gt: bool = True) -> dict:
-  """``{'id', 'frames': (3, H, W, 3) float32 in [0,1], 'exposures': (3,), 'gt': (H, W, 3) or absent}``."""
-  frames = [read_ldr_png(p) for p in scene.frames]
+def read_scene_stored(scene: SceneFiles, with_gt: bool = True) -> dict:
+  """One scene's arrays as stored, sizes checked: ``{'id', 'frames': (3, H, W, 3) uint8, 'exposures': (3,)}``
+  and, with a target (``with_gt``), ``'gt_png16': (H, W, 3) uint16`` and its float32 ``'alignratio'``
+  (the gamma-domain target is ``gt_png16 / alignratio``, the official reader's arithmetic)."""
+  frames = [read_ldr_png_uint8(p) for p in scene.frames]
   for p, f in zip(scene.frames[1:], frames[1:]):
     if f.shape != frames[0].shape:
       raise DataError(p, f"frame size {f.shape[0]}x{f.shape[1]} differs from the short frame's "
                       f"{frames[0].shape[0]}x{frames[0].shape[1]}")
   out = {"id": scene.scene_id, "frames": np.stack(frames), "exposures": read_exposures(scene.exposures)}
   if with_gt and scene.gt is not None:
-    gt = read_hdr_png16(scene.gt, scene.alignratio)
+    align = read_alignratio(scene.alignratio)
+    gt = _decode_png(scene.gt, 16)
     if gt.shape != frames[0].shape:
       raise DataError(scene.gt, f"ground-truth size {gt.shape[0]}x{gt.shape[1]} differs from the frames' "
                       f"{frames[0].shape[0]}x{frames[0].shape[1]}")
-    out["gt"] = gt
+    out.update(gt_png16=gt, alignratio=align)
+  return out
+
+
+def read_scene(scene: SceneFiles, with_gt: bool = True) -> dict:
+  """``{'id', 'frames': (3, H, W, 3) float32 in [0,1], 'exposures': (3,), 'gt': (H, W, 3) or absent}``."""
+  raw = read_scene_stored(scene, with_gt)
+  out = {"id": raw["id"], "frames": raw["frames"].astype(np.float32) / np.float32(255.0),
+         "exposures": raw["exposures"]}
+  if "gt_png16" in raw:
+    out["gt"] = raw["gt_png16"] / raw["alignratio"]
   return out
 
 

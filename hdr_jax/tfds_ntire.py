@@ -129,17 +129,12 @@ class NtireHdr(tfds.core.GeneratorBasedBuilder, skip_registration=__name__ == "_
     # space spreads large splits over tfds's temporary buckets instead of piling them into one.
     step = _KEY_SPACE // len(scenes)
     for i, scene in enumerate(scenes):
-      frames = np.stack([io.read_ldr_png_uint8(p) for p in scene.frames])
-      for p, f in zip(scene.frames[1:], frames[1:]):
-        if f.shape != frames[0].shape:
-          raise io.DataError(p, f"frame size differs from the short frame's {frames[0].shape[:2]}")
+      raw = io.read_scene_stored(scene)
       if scene.has_gt:
-        gt = io.read_hdr_png16(scene.gt, scene.alignratio)
-        if gt.shape != frames.shape[1:]:
-          raise io.DataError(scene.gt, f"ground-truth size {gt.shape[:2]} differs from the frames' {frames.shape[1:3]}")
+        gt = raw["gt_png16"] / raw["alignratio"]
       else:  # tfds cannot decode an empty bytes tensor, hence a placeholder and a flag
         gt = np.zeros((1, 1, 3), np.float32)
-      yield i * step, {"frames": frames, "exposures": io.read_exposures(scene.exposures), "gt": gt,
+      yield i * step, {"frames": raw["frames"], "exposures": raw["exposures"], "gt": gt,
                        "has_gt": scene.has_gt, "id": scene.scene_id}
 
 

@@ -79,21 +79,12 @@ def encode_scene(scene_id: str, frames: np.ndarray, exposures, tile: int, gt_png
 
 
 def _prepare_scene(scene: io.SceneFiles, out: Path, tile: int) -> dict:
-  frames = np.stack([io.read_ldr_png_uint8(p) for p in scene.frames])
-  for p, f in zip(scene.frames[1:], frames[1:]):
-    if f.shape != frames[0].shape:
-      raise io.DataError(p, f"frame size {f.shape[:2]} differs from the short frame's {frames[0].shape[:2]}")
-  gt = align = None
-  if scene.has_gt:
-    align = io.read_alignratio(scene.alignratio)
-    gt = io._decode_png(scene.gt, 16)
-    if gt.shape != frames.shape[1:]:
-      raise io.DataError(scene.gt, f"ground-truth size {gt.shape[:2]} differs from the frames' {frames.shape[1:3]}")
+  raw = io.read_scene_stored(scene)
   name = f"{scene.scene_id}.tiles"
-  io.atomic_write_bytes(out / name, encode_scene(scene.scene_id, frames, io.read_exposures(scene.exposures), tile,
-                                                gt, align))
-  return {"id": scene.scene_id, "file": name, "height": int(frames.shape[1]), "width": int(frames.shape[2]),
-          "has_gt": scene.has_gt}
+  io.atomic_write_bytes(out / name, encode_scene(scene.scene_id, raw["frames"], raw["exposures"], tile,
+                                                raw.get("gt_png16"), raw.get("alignratio")))
+  h, w = raw["frames"].shape[1:3]
+  return {"id": scene.scene_id, "file": name, "height": int(h), "width": int(w), "has_gt": scene.has_gt}
 
 
 def prepare(input_dir, output_dir, *, tile: int = 128, workers: int | None = None, verbose: bool = True) -> Path:
