@@ -1,37 +1,43 @@
 #!/usr/bin/env bash
 # The prepared benchmark run for the lent GPU machine (H100/H200, 16 cores, no network), ~9 minutes wall,
 # in this order (what the last runs did not measure first):
-#   1. benchmarks/sampler_quality.py: train the small conditional DDPM, then DDIM-50 (eta 1, eta 0) vs 1000 ancestral;
-#   2. benchmarks/models.py: vam, vam_drdb, ahdrnet x float32, bfloat16: JAX train step (batch 8 x 256^2),
-#      full-frame inference (1060x1900), FLOPs/MFU, peak memory; the official PyTorch AHDRNet beside them
-#      (when torch imports);
-#   3. the input pipeline's delivered crops/s (tiles, prepared ArrayRecord, PNG; 1 crop per scene) against
-#      the fastest train step;
-#   4. benchmarks/diffusion_sampling.py: DDPM sampling at 8 x 128^2, T=1000, bf16, U-Net sizes full and
-#      matched (add ddpm through DIFFUSION_ARGS: ~60 s more), compiled loop vs Python stepping vs eager
-#      PyTorch, DDIM-50, MFU against a measured peak;
+#   1. benchmarks/models.py, AHDRNet: the DRDB's concat and scatter forms (model.dense_form) x bfloat16,
+#      float32: JAX train step (batch 8 x 256^2), full-frame inference (1060x1900), FLOPs/MFU, peak
+#      memory; the official PyTorch AHDRNet beside them (when torch imports);
+#   2. the input pipeline's delivered crops/s (tiles, prepared ArrayRecord, PNG; 1 crop per scene) against
+#      the fastest train step of step 1;
+#   3. benchmarks/models.py, VAM+DRDB, HDR-VAM and VAM+DRDB's scatter form (MODELS_B, DTYPES_B: bfloat16):
+#      every full-frame inference first, then the train steps (their compilation is the slow part);
+#   4. benchmarks/diffusion_sampling.py: DDPM sampling at 8 x 128^2, T=1000, bf16, the `full` U-Net
+#      (DIFFUSION_ARGS), compiled loop vs Python stepping vs eager PyTorch, DDIM-50, MFU against a
+#      measured peak;
 #   5. the compiled sampling loop again with GroupNorm statistics reduced per channel (model.gn_stats), and
 #      with XLA's command buffers (CUDA graphs) for while loops;
-#   6. benchmarks/profile_step.py on the U-Net forward (kernel table), if time is left.
+#   6. benchmarks/sampler_quality.py: train the small conditional DDPM, then DDIM-50 (eta 1, eta 0) vs
+#      1000 ancestral, and benchmarks/profile_step.py on the U-Net forward, if time is left.
 # Each step runs under `timeout` inside an overall budget; a failed or timed-out step is recorded and the
-# rest goes on. Everything lands in $OUT: diffusion_sampling.json, models.json, sampler_quality.json,
-# pipeline.json, profile_unet/summary.json, status.jsonl and gpu.log (all output); a short table is
-# printed last.
+# rest goes on. Everything lands in $OUT: models.json, models_b.json, pipeline.json,
+# diffusion_sampling.json, diffusion_gnstats.json, diffusion_cmdbuf.json, sampler_quality.json,
+# profile_unet/summary.json, status.jsonl and gpu.log (all output); a short table is printed last.
+# One JAX compilation cache (JAX_COMPILATION_CACHE_DIR, with XLA's per-fusion autotuning results) is
+# shared by every step, so a convolution shape autotuned once is not autotuned again: later steps'
+# compile times are those of a warm cache.
 #
 # Device call (from the repository root; `.whl` made by `bash benchmarks/device_wheels.sh`, which adds
 # tensorboardX and tensorflow-datasets to ../shared/device/wheels.sh's set, and named in carry):
 #   bash benchmarks/gpu.sh
-# Knobs (environment): BUDGET (560 s), MODELS, DTYPES, BATCH, PATCH, HEIGHT, WIDTH, REPEATS, *_TIMEOUT,
-# MODELS_DEADLINE, and extra flags MODELS_ARGS (e.g. "--torch_compile"), PIPELINE_ARGS, DIFFUSION_ARGS,
-# QUALITY_ARGS, CMDBUF_ARGS (also used by gnstats); SKIP (comma-separated step names: quality, models,
-# pipeline, diffusion, gnstats, cmdbuf, profile).
-# models.py runs the models in MODELS order (PyTorch right after ahdrnet): a run cut short by its deadline
-# loses the later ones only.
+# Knobs (environment): BUDGET (560 s), MODELS, DTYPES, MODELS_B, DTYPES_B, BATCH, PATCH, HEIGHT, WIDTH,
+# REPEATS, *_TIMEOUT, MODELS_DEADLINE, and extra flags MODELS_ARGS (e.g. "--torch_compile"), PIPELINE_ARGS,
+# DIFFUSION_ARGS, QUALITY_ARGS, CMDBUF_ARGS (also used by gnstats); SKIP (comma-separated step names:
+# models, pipeline, models_b, diffusion, gnstats, cmdbuf, quality, profile).
+# models.py runs the models in MODELS order (PyTorch right after the first AHDRNet): a run cut short by its
+# deadline loses the later ones only.
 # Local dry run (no wheel install, tiny sizes):
 #   HDR_BENCH_NO_INSTALL=1 PYTHON=/work/venv/bin/python OUT=/tmp/gpu_out BATCH=2 PATCH=64 HEIGHT=64 WIDTH=96 \
-#     REPEATS=2 MODELS=ahdrnet DTYPES=float32 PIPELINE_ARGS="--pipeline_height=128 --pipeline_width=192 \
-#     --pipeline_scenes=4 --workers=0" DIFFUSION_ARGS="--size=small --height=32 --width=32 --batch=2 --steps=5 \
-#     --ddim_steps=2 --python_steps=3 --torch_steps=2 --repeats=1" SKIP=quality,profile bash benchmarks/gpu.sh
+#     REPEATS=2 MODELS=ahdrnet DTYPES=float32 MODELS_B=vam PIPELINE_ARGS="--pipeline_height=128 \
+#     --pipeline_width=192 --pipeline_scenes=4 --workers=0" DIFFUSION_ARGS="--size=small --height=32 --width=32 \
+#     --batch=2 --steps=5 --ddim_steps=2 --python_steps=3 --torch_steps=2 --repeats=1" SKIP=quality,profile \
+#     bash benchmarks/gpu.sh
 if [ -z "${HDR_BENCH_NO_INSTALL:-}" ]; then
   if ! python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl; then
     echo "gpu.sh: installing .whl/*.whl failed (carry .whl, made by ../shared/device/wheels.sh)"
@@ -47,30 +53,35 @@ export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 OUT=${OUT:-$PWD/benchmarks/out/gpu}
 BUDGET=${BUDGET:-560}                  # seconds for the whole script; each step's timeout fits inside it
-MODELS=${MODELS:-vam,vam_drdb,ahdrnet}
-DTYPES=${DTYPES:-float32,bfloat16}
+MODELS=${MODELS:-ahdrnet,ahdrnet@model.dense_form=scatter}
+DTYPES=${DTYPES:-bfloat16,float32}
+MODELS_B=${MODELS_B:-vam_drdb,vam,vam_drdb@model.dense_form=scatter}
+DTYPES_B=${DTYPES_B:-bfloat16}
 BATCH=${BATCH:-8}
 PATCH=${PATCH:-256}
 HEIGHT=${HEIGHT:-1060}
 WIDTH=${WIDTH:-1900}
 REPEATS=${REPEATS:-10}
-MODELS_TIMEOUT=${MODELS_TIMEOUT:-300}
-MODELS_DEADLINE=${MODELS_DEADLINE:-230}  # at most; less when the budget or MODELS_TIMEOUT is short
-PIPELINE_TIMEOUT=${PIPELINE_TIMEOUT:-90}
-DIFFUSION_TIMEOUT=${DIFFUSION_TIMEOUT:-150}
+MODELS_TIMEOUT=${MODELS_TIMEOUT:-250}
+MODELS_DEADLINE=${MODELS_DEADLINE:-180}  # at most; less when the budget or MODELS_TIMEOUT is short
+MODELS_B_TIMEOUT=${MODELS_B_TIMEOUT:-130}
+PIPELINE_TIMEOUT=${PIPELINE_TIMEOUT:-75}
+DIFFUSION_TIMEOUT=${DIFFUSION_TIMEOUT:-80}
 QUALITY_TIMEOUT=${QUALITY_TIMEOUT:-130}
 PROFILE_TIMEOUT=${PROFILE_TIMEOUT:-45}
 CMDBUF_TIMEOUT=${CMDBUF_TIMEOUT:-45}
 GNSTATS_TIMEOUT=${GNSTATS_TIMEOUT:-45}
 MODELS_ARGS=${MODELS_ARGS:-}
 PIPELINE_ARGS=${PIPELINE_ARGS:---crops_per_scene=1}
-DIFFUSION_ARGS=${DIFFUSION_ARGS:---size=full,matched --dtype=bfloat16 --repeats=2 --torch_steps=20}
-CMDBUF_ARGS=${CMDBUF_ARGS:---size=matched --dtype=bfloat16 --repeats=2}
+DIFFUSION_ARGS=${DIFFUSION_ARGS:---size=full --dtype=bfloat16 --repeats=2 --torch_steps=20}
+CMDBUF_ARGS=${CMDBUF_ARGS:---size=full --dtype=bfloat16 --repeats=2}
 QUALITY_ARGS=${QUALITY_ARGS:---train_steps=3000 --val_scenes=8 --seeds=0,1 --samplers=ddpm,ddim:50:1,ddim:50:0 \
 --set=batch_size=32 --set=data.num_workers=4}
 SKIP=${SKIP:-}
 
 mkdir -p "$OUT"
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/hdr_jax_compile_cache}
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=${JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS:-1}
 LOG=$OUT/gpu.log
 STATUS=$OUT/status.jsonl
 : > "$LOG"
@@ -122,20 +133,17 @@ else
   log "torch is not importable here: the PyTorch comparison is skipped"
 fi
 
-# shellcheck disable=SC2086
-step quality "$QUALITY_TIMEOUT" "$PY" benchmarks/sampler_quality.py --workdir=/tmp/hdr_sampler_quality \
-  --json="$OUT/sampler_quality.json" $QUALITY_ARGS
-
-
 # models.py starts no new measurement after its deadline: keep ~70 s for the one in flight under the timeout
-DEADLINE=$((BUDGET - SECONDS - 5 - 70))
-[ "$DEADLINE" -gt "$MODELS_DEADLINE" ] && DEADLINE=$MODELS_DEADLINE
-[ "$DEADLINE" -gt $((MODELS_TIMEOUT - 70)) ] && DEADLINE=$((MODELS_TIMEOUT - 70))
+deadline() {  # deadline TIMEOUT CAP
+  local d=$((BUDGET - SECONDS - 5 - 70))
+  [ "$d" -gt "$2" ] && d=$2
+  [ "$d" -gt $(($1 - 70)) ] && d=$(($1 - 70))
+  echo "$d"
+}
 # shellcheck disable=SC2086  # *_ARGS are word lists on purpose
 step models "$MODELS_TIMEOUT" "$PY" benchmarks/models.py --models="$MODELS" --dtypes="$DTYPES" --batch="$BATCH" \
   --patch="$PATCH" --height="$HEIGHT" --width="$WIDTH" --repeats="$REPEATS" "${TORCH[@]}" \
-  --deadline_s="$DEADLINE" --json="$OUT/models.json" $MODELS_ARGS
-
+  --deadline_s="$(deadline "$MODELS_TIMEOUT" "$MODELS_DEADLINE")" --json="$OUT/models.json" $MODELS_ARGS
 
 CONSUMPTION=()
 [ -f "$OUT/models.json" ] && CONSUMPTION=(--consumption_from="$OUT/models.json")
@@ -143,12 +151,18 @@ CONSUMPTION=()
 step pipeline "$PIPELINE_TIMEOUT" "$PY" benchmarks/models.py --models= --pipeline --batch="$BATCH" --patch="$PATCH" \
   "${CONSUMPTION[@]}" --json="$OUT/pipeline.json" $PIPELINE_ARGS
 
+# shellcheck disable=SC2086
+step models_b "$MODELS_B_TIMEOUT" "$PY" benchmarks/models.py --models="$MODELS_B" --dtypes="$DTYPES_B" \
+  --batch="$BATCH" --patch="$PATCH" --height="$HEIGHT" --width="$WIDTH" --repeats="$REPEATS" \
+  --phases=infer,train --phase_major \
+  --deadline_s="$(deadline "$MODELS_B_TIMEOUT" "$MODELS_B_TIMEOUT")" --json="$OUT/models_b.json" $MODELS_ARGS
+
 # shellcheck disable=SC2086  # *_ARGS are word lists on purpose
 step diffusion "$DIFFUSION_TIMEOUT" "$PY" benchmarks/diffusion_sampling.py --json="$OUT/diffusion_sampling.json" \
   --peak_tflops=auto $DIFFUSION_ARGS
 
-# The same compiled loop with GroupNorm's statistics reduced per channel first (compare with the matched
-# row of the diffusion step above).
+# The same compiled loop with GroupNorm's statistics reduced per channel first (compare with the same
+# U-Net's row of the diffusion step above).
 # shellcheck disable=SC2086
 step gnstats "$GNSTATS_TIMEOUT" "$PY" benchmarks/diffusion_sampling.py --json="$OUT/diffusion_gnstats.json" \
   --no_torch --ddim_steps=0 --python_steps=20 --model_set=gn_stats=channel $CMDBUF_ARGS
@@ -159,6 +173,10 @@ XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_enable_command_buffer=+WHILE,+COND
   step cmdbuf "$CMDBUF_TIMEOUT" "$PY" benchmarks/diffusion_sampling.py --json="$OUT/diffusion_cmdbuf.json" \
   --no_torch --ddim_steps=0 --python_steps=20 $CMDBUF_ARGS
 
+# shellcheck disable=SC2086
+step quality "$QUALITY_TIMEOUT" "$PY" benchmarks/sampler_quality.py --workdir=/tmp/hdr_sampler_quality \
+  --json="$OUT/sampler_quality.json" $QUALITY_ARGS
+
 step profile "$PROFILE_TIMEOUT" "$PY" benchmarks/profile_step.py --target=unet:matched --dtype=bfloat16 --batch=8 \
   --height=128 --width=128 --steps=10 --top=30 --out="$OUT/profile_unet"
 find "$OUT" -name '*.xplane.pb' -delete 2> /dev/null
@@ -167,7 +185,7 @@ find "$OUT" -name '*.xplane.pb' -delete 2> /dev/null
   echo
   echo "================================ summary ================================"
   SUMMARIES=()
-  for f in "$OUT/models.json" "$OUT/pipeline.json"; do [ -f "$f" ] && SUMMARIES+=("$f"); done
+  for f in "$OUT/models.json" "$OUT/models_b.json" "$OUT/pipeline.json"; do [ -f "$f" ] && SUMMARIES+=("$f"); done
   if [ "${#SUMMARIES[@]}" -gt 0 ]; then
     "$PY" benchmarks/models.py --summary="$(IFS=,; echo "${SUMMARIES[*]}")" 2>&1
   fi

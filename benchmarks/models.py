@@ -109,6 +109,14 @@ def parse_sets(items) -> dict:
   return out
 
 
+def split_model_spec(spec: str, overrides: dict) -> tuple[str, dict]:
+  """``"ahdrnet@model.dense_form=scatter"`` -> ``("ahdrnet", {**overrides, "model.dense_form": "scatter"})``:
+  a config name with overrides of its own (``@KEY=VALUE``, repeatable), so one run can measure variants
+  of a model side by side."""
+  name, *sets = spec.split("@")
+  return name, {**overrides, **parse_sets(sets)}
+
+
 def load_config(name: str, dtype: str, batch: int, patch: int, overrides: dict):
   """``configs/<name>.py``'s config with ``dtype``, ``batch_size``, ``data.patch_size`` and ``--set``."""
   from hdr_jax import engine as engine_lib
@@ -146,11 +154,12 @@ def param_count(engine, state) -> int:
 # --------------------------------------------------------------------------------------------------
 
 
-def jax_train(name: str, dtype: str, args, overrides: dict) -> dict:
+def jax_train(spec: str, dtype: str, args, overrides: dict) -> dict:
   import jax
 
   from hdr_jax import engine as engine_lib
 
+  name, overrides = split_model_spec(spec, overrides)
   dev = jax.devices()[0]
   peak_before = common.peak_bytes(dev)
   config = load_config(name, dtype, args.batch, args.patch, overrides)
@@ -197,11 +206,12 @@ def jax_train(name: str, dtype: str, args, overrides: dict) -> dict:
   return out
 
 
-def jax_infer(name: str, dtype: str, args, overrides: dict) -> dict:
+def jax_infer(spec: str, dtype: str, args, overrides: dict) -> dict:
   import jax
 
   from hdr_jax import engine as engine_lib
 
+  name, overrides = split_model_spec(spec, overrides)
   dev = jax.devices()[0]
   config = load_config(name, dtype, args.batch, args.patch, overrides)
   eng = engine_lib.Engine(config)
@@ -674,7 +684,9 @@ def _finite(r: dict) -> bool:
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--models", default="ahdrnet,vam,vam_drdb", help="configs/<name>.py, comma-separated")
+  p.add_argument("--models", default="ahdrnet,vam,vam_drdb",
+                 help="configs/<name>.py, comma-separated; NAME@KEY=VALUE[@KEY=VALUE] adds overrides for that entry "
+                      "(e.g. ahdrnet@model.dense_form=scatter)")
   p.add_argument("--dtypes", default="float32,bfloat16")
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--patch", type=int, default=256)
@@ -683,7 +695,10 @@ def parse_args(argv=None):
   p.add_argument("--repeats", type=int, default=10, help="timed repeats (median reported)")
   p.add_argument("--iters", type=int, default=5, help="back-to-back train steps per timed repeat")
   p.add_argument("--warmup", type=int, default=2, help="untimed calls after the first (compiling) one")
-  p.add_argument("--phases", default="train,infer", help="train and/or infer")
+  p.add_argument("--phases", default="train,infer", help="train and/or infer, measured in this order")
+  p.add_argument("--phase_major", action="store_true",
+                 help="every model's first phase before any model's second (default: model by model); "
+                      "PyTorch then runs last")
   p.add_argument("--inference", choices=("subprocess", "inprocess"), default="subprocess",
                  help="where full-frame inference runs (subprocess: its own memory high-water mark)")
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -735,7 +750,9 @@ def main(argv=None) -> dict | None:
 
   models = [m for m in args.models.split(",") if m]
   dtypes = [d for d in args.dtypes.split(",") if d]
-  phases = set(args.phases.split(","))
+  phases = [p for p in dict.fromkeys(args.phases.split(",")) if p]  # in the given order
+  if not phases or set(phases) - {"train", "infer"}:
+    raise SystemExit(f"--phases={args.phases!r}: expected train and/or infer")
   overrides = parse_sets(args.set)
   device = common.device_info()
   report = {"date": common.utc_now(), "device": device, "versions": common.versions(),
@@ -755,6 +772,34 @@ def main(argv=None) -> dict | None:
       return args.child_timeout
     return max(30.0, min(args.child_timeout, args.deadline_s - (time.perf_counter() - t0) + 60))
 
+  def measure(name: str, dtype: str, phase: str, row: dict) -> None:
+    if over_deadline():
+      row["errors"][phase] = "skipped: --deadline_s reached"
+      return
+    try:
+      if phase == "train":
+        row["train"] = jax_train(name, dtype, args, overrides)
+        tr = row["train"]
+        print(f"{name} {dtype} train: {tr['ms_per_step']:.2f} ms/step, {tr['crops_per_s']:.1f} crops/s "
+              f"(compile {tr['compile_s']:.1f} s), {common.fmt(_gflop(tr))} GFLOP/step", flush=True)
+      else:
+        if args.inference == "subprocess":
+          row["infer"] = infer_subprocess(name, dtype, args, remaining())
+        else:
+          row["infer"] = jax_infer(name, dtype, args, overrides)  # peak: this process's high-water mark
+        inf = row["infer"]
+        print(f"{name} {dtype} infer {args.height}x{args.width}: {inf['ms']:.2f} ms "
+              f"(end to end {inf['e2e_ms']:.2f} ms, compile {inf['compile_s']:.1f} s), "
+              f"{common.fmt(_gflop(inf))} GFLOP", flush=True)
+    except Terminated:
+      row["errors"][phase] = "terminated while running"
+      raise
+    except Exception as e:  # noqa: BLE001 - record, go on with the next measurement
+      row["errors"][phase] = _error(e)
+      print(f"{name} {dtype} {phase}: FAILED {row['errors'][phase].splitlines()[0]}", flush=True)
+    add_derived(report["rows"], report["peaks"])
+    save()
+
   print(f"{device['device_kind']} ({device['platform']}), jax {jax.__version__}; "
         f"models {models}, dtypes {dtypes}, batch {args.batch} x {args.patch}^2, frame {args.height}x{args.width}",
         flush=True)
@@ -763,44 +808,25 @@ def main(argv=None) -> dict | None:
       report["peaks"] = resolve_peaks(args.peak_tflops, dtypes, device["platform"], args.peak_n)
       save()
     torch_done = False
-    for name in models:
-      for dtype in dtypes:
-        row = {"model": name, "dtype": dtype, "framework": "jax", "variant": "jit", "errors": {}}
+    rows = {}
+    if args.phase_major:  # every model's first phase, then every model's second
+      plan = [(name, dtype, phase) for phase in phases for name in models for dtype in dtypes]
+    else:
+      plan = [(name, dtype, phase) for name in models for dtype in dtypes for phase in phases]
+    for i, (name, dtype, phase) in enumerate(plan):
+      row = rows.get((name, dtype))
+      if row is None:
+        row = rows[name, dtype] = {"model": name, "dtype": dtype, "framework": "jax", "variant": "jit", "errors": {}}
         try:
-          row["model_name"] = load_config(name, dtype, args.batch, args.patch, overrides).model.name
+          base, own = split_model_spec(name, overrides)
+          row["model_name"] = load_config(base, dtype, args.batch, args.patch, own).model.name
         except Exception as e:  # noqa: BLE001
           row["errors"]["config"] = _error(e)
         report["rows"].append(row)
-        for phase in ("train", "infer"):
-          if phase not in phases or row["errors"].get("config"):
-            continue
-          if over_deadline():
-            row["errors"][phase] = "skipped: --deadline_s reached"
-            continue
-          try:
-            if phase == "train":
-              row["train"] = jax_train(name, dtype, args, overrides)
-              tr = row["train"]
-              print(f"{name} {dtype} train: {tr['ms_per_step']:.2f} ms/step, {tr['crops_per_s']:.1f} crops/s "
-                    f"(compile {tr['compile_s']:.1f} s), {common.fmt(_gflop(tr))} GFLOP/step", flush=True)
-            elif args.inference == "subprocess":
-              row["infer"] = infer_subprocess(name, dtype, args, remaining())
-            else:
-              row["infer"] = jax_infer(name, dtype, args, overrides)  # peak: this process's high-water mark
-            if phase == "infer":
-              inf = row["infer"]
-              print(f"{name} {dtype} infer {args.height}x{args.width}: {inf['ms']:.2f} ms "
-                    f"(end to end {inf['e2e_ms']:.2f} ms, compile {inf['compile_s']:.1f} s), "
-                    f"{common.fmt(_gflop(inf))} GFLOP", flush=True)
-          except Terminated:
-            row["errors"][phase] = "terminated while running"
-            raise
-          except Exception as e:  # noqa: BLE001 - record, go on with the next measurement
-            row["errors"][phase] = _error(e)
-            print(f"{name} {dtype} {phase}: FAILED {row['errors'][phase].splitlines()[0]}", flush=True)
-          add_derived(report["rows"], report["peaks"])
-          save()
-      if args.torch and not torch_done and row.get("model_name") == "ahdrnet":
+      if not row["errors"].get("config"):
+        measure(name, dtype, phase, row)
+      last_of_model = i + 1 == len(plan) or plan[i + 1][0] != name
+      if args.torch and not torch_done and not args.phase_major and last_of_model and row.get("model_name") == "ahdrnet":
         run_torch(args, dtypes, report, save, over_deadline)
         torch_done = True
     if args.torch and not torch_done:

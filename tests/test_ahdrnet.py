@@ -85,10 +85,11 @@ def test_parameter_count_and_macs():
   assert small.macs_per_pixel() == sum(convs)
 
 
-@pytest.mark.parametrize("polyphase,size", [(True, (32, 48)), (False, (32, 48)), (True, (17, 23))])
-def test_matches_official_torch_model(torch_ref, polyphase, size):
+@pytest.mark.parametrize("polyphase,size,form", [(True, (32, 48), "concat"), (False, (32, 48), "concat"),
+                                                  (True, (17, 23), "concat"), (True, (32, 48), "scatter")])
+def test_matches_official_torch_model(torch_ref, polyphase, size, form):
   torch, _, net = torch_ref
-  jm = _abstract(polyphase=polyphase)
+  jm = _abstract(polyphase=polyphase, dense_form=form)
   load_torch_state_dict(jm, net.state_dict())
   rng = np.random.default_rng(1)
   xs = [rng.random((2, *size, 6), dtype=np.float32) for _ in range(3)]

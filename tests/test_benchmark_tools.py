@@ -88,3 +88,28 @@ def test_sampler_quality_tiny(tmp_path):
   assert np.isclose(summary["ddim-5 eta 1"]["psnr_mu"], np.mean(ddim))
   assert np.isclose(summary["ddim-5 eta 1"]["gap_to_reference_db"], np.mean(ddim) - summary["ddpm (all T)"]["psnr_mu"])
   assert np.isfinite(report["baseline"]["psnr_mu"]) and "ddim-5 eta 1" in proc.stdout
+
+
+def test_models_benchmark_variants_and_phase_order(tmp_path, capsys):
+  """``NAME@KEY=VALUE`` measures a variant of a config beside it; ``--phase_major`` measures every
+  model's inference before any training step."""
+  import models
+
+  assert models.split_model_spec("ahdrnet", {"seed": 1}) == ("ahdrnet", {"seed": 1})
+  assert models.split_model_spec("ahdrnet@model.dense_form=scatter@model.polyphase=false", {"seed": 1}) == (
+      "ahdrnet", {"seed": 1, "model.dense_form": "scatter", "model.polyphase": False})
+  report = models.main(["--models=ahdrnet@model.channels=8@model.growth=4@model.n_dense=2@model.n_blocks=1,"
+                        "ahdrnet@model.channels=8@model.growth=4@model.n_dense=2@model.n_blocks=1"
+                        "@model.dense_form=scatter", "--dtypes=float32", "--phases=infer,train", "--phase_major",
+                        "--batch=1", "--patch=16", "--height=16", "--width=24", "--repeats=1", "--warmup=0",
+                        "--iters=1", "--inference=inprocess", "--peak_tflops=none", f"--json={tmp_path / 'm.json'}"])
+  out = capsys.readouterr().out.splitlines()
+  order = [phase for line in out for phase in ("infer", "train") if f" float32 {phase}" in line]
+  assert order == ["infer", "infer", "train", "train"], out
+  rows = report["rows"]
+  assert [r["model"].endswith("scatter") for r in rows] == [False, True]
+  assert all(r["model_name"] == "ahdrnet" and not r["errors"] and r["infer"]["finite"] for r in rows)
+  assert rows[0]["train"]["params"] == rows[1]["train"]["params"]  # the same parameters in either form
+  assert rows[0]["infer"]["flops"] == rows[1]["infer"]["flops"]  # and the same multiply-adds
+  with pytest.raises(SystemExit, match="--phases"):
+    models.main(["--phases=fit", f"--json={tmp_path / 'x.json'}"])

@@ -41,13 +41,15 @@ class AHDRNet(nnx.Module):
     output_head: ``'exposure'`` (sigmoid times ``hdr_math.max_radiance``) or ``'sigmoid'`` (the raw
       sigmoid: Kalantari-style [0, 1] linear HDR, what the published weights produce).
     polyphase: run the DRDB trunk in the polyphase-folded layout.
+    dense_form: how the DRDBs' dense layers are evaluated, ``'concat'`` or ``'scatter'`` (same
+      parameters and function; :class:`hdr_jax.models.layers.DRDB`).
     dtype: computation dtype (float32 or bfloat16); the output of ``__call__`` is float32.
     param_dtype: parameter dtype.
   """
 
   def __init__(self, *, channels: int = 64, growth: int = 32, n_dense: int = 6, n_blocks: int = 3,
                gamma: float = hdr_math.GAMMA, input_domain: str = "linear", output_head: str = "exposure",
-               polyphase: bool = True, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+               polyphase: bool = True, dense_form: str = "concat", dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
     if input_domain not in ("linear", "gamma"):
       raise ValueError(f"input_domain must be 'linear' or 'gamma', got {input_domain!r}")
     if output_head not in ("exposure", "sigmoid"):
@@ -60,7 +62,7 @@ class AHDRNet(nnx.Module):
     self.att31 = Conv2d(2 * c, 2 * c, 3, **kw)
     self.att32 = Conv2d(2 * c, c, 3, **kw)
     self.conv2 = Conv2d(3 * c, c, 3, **kw)
-    self.rdbs = nnx.List([DRDB(c, growth, n_dense, DILATION, **kw) for _ in range(n_blocks)])
+    self.rdbs = nnx.List([DRDB(c, growth, n_dense, DILATION, form=dense_form, **kw) for _ in range(n_blocks)])
     self.gff_1x1 = Conv2d(n_blocks * c, c, 1, **kw)
     self.gff_3x3 = Conv2d(c, c, 3, **kw)
     self.conv_up = Conv2d(c, c, 3, **kw)

@@ -83,7 +83,7 @@ class StridedConv(nnx.Module):
     y = jax.lax.conv_general_dilated(
         x.astype(self.dtype), self.normalized_kernel(update_sn).astype(self.dtype), (self.stride, self.stride),
         [(p, p), (p, p)], dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return y + self.bias[...].astype(self.dtype)
+    return (y.astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(self.dtype)  # as layers.Conv2d
 
 
 class PatchDiscriminator(nnx.Module):

@@ -254,11 +254,11 @@ class DRDBStem(nnx.Module):
   run folded (``polyphase=True``) or dilated, with identical results. H and W must be even."""
 
   def __init__(self, *, blocks: int, channels: int, growth: int, layers: int, reference: bool,
-               polyphase: bool, **kw):
+               polyphase: bool, dense_form: str = "concat", **kw):
     self.reference = reference
     self.polyphase = polyphase
     self.conv_in = Conv2d(12 if reference else 6, channels, 3, **kw)
-    self.drdbs = nnx.List([DRDB(channels, growth, layers, dilation=2, **kw) for _ in range(blocks)])
+    self.drdbs = nnx.List([DRDB(channels, growth, layers, dilation=2, form=dense_form, **kw) for _ in range(blocks)])
     self.conv_out = Conv2d(channels, 6, 3, kernel_init=nnx.initializers.zeros, **kw)
 
   def __call__(self, x, ref):
@@ -371,8 +371,8 @@ class HDRVAM(nnx.Module):
 
   def __init__(self, *, drdb_blocks: int = 0, drdb_channels: int = 64, drdb_growth: int = 32,
                drdb_layers: int = 4, drdb_reference: bool = True, gamma: float = hdr_math.GAMMA,
-               output_head: str = "exposure", polyphase: bool = True, pad_multiple: int = 32,
-               dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+               output_head: str = "exposure", polyphase: bool = True, dense_form: str = "concat",
+               pad_multiple: int = 32, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
     if output_head not in OUTPUT_HEADS:
       raise ValueError(f"output_head must be one of {OUTPUT_HEADS}, got {output_head!r}")
     if pad_multiple % _MIN_MULTIPLE:
@@ -381,7 +381,7 @@ class HDRVAM(nnx.Module):
     stem = None
     if drdb_blocks > 0:
       stem = DRDBStem(blocks=drdb_blocks, channels=drdb_channels, growth=drdb_growth, layers=drdb_layers,
-                      reference=drdb_reference, polyphase=polyphase, **kw)
+                      reference=drdb_reference, polyphase=polyphase, dense_form=dense_form, **kw)
     self.fe = VAMFeatures(stem=stem, **kw)
     self.recon = Reconstruction(**kw)
     self.refine = Refinement(**kw)
