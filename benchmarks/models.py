@@ -439,12 +439,16 @@ def pipeline_check(args, consumption: dict | None, report: dict, save) -> None:
     result["tiles_prepare_s"] = time.perf_counter() - start
     sources.append(("tiles", data.open_prepared(workdir / "tiles")))
     if importlib.util.find_spec("tensorflow_datasets") is not None:
-      from hdr_jax import tfds_ntire
+      try:
+        from hdr_jax import tfds_ntire
 
-      start = time.perf_counter()
-      version_dir = tfds_ntire.prepare(folder, workdir / "tfds")
-      result["prepare_s"] = time.perf_counter() - start
-      sources.append(("prepared/array_record", data.PreparedSource(version_dir, "train", backend="array_record")))
+        start = time.perf_counter()
+        version_dir = tfds_ntire.prepare(folder, workdir / "tfds")
+        result["prepare_s"] = time.perf_counter() - start
+        sources.append(("prepared/array_record", data.PreparedSource(version_dir, "train", backend="array_record")))
+      except Exception as e:  # noqa: BLE001 - e.g. a dependency tfds lacks here; the other sources go on
+        result["prepared"] = f"failed: {_error(e).splitlines()[0]}"
+        print(f"pipeline prepared/array_record: FAILED {result['prepared']}", flush=True)
     else:
       result["prepared"] = "skipped: tensorflow_datasets is not importable (PNG and tiles sources only)"
     sources.append(("png", data.NtireSource(folder, decode=False)))
@@ -826,7 +830,8 @@ def main(argv=None) -> dict | None:
       if not row["errors"].get("config"):
         measure(name, dtype, phase, row)
       last_of_model = i + 1 == len(plan) or plan[i + 1][0] != name
-      if args.torch and not torch_done and not args.phase_major and last_of_model and row.get("model_name") == "ahdrnet":
+      is_ahdrnet = row.get("model_name") == "ahdrnet"
+      if args.torch and not torch_done and not args.phase_major and last_of_model and is_ahdrnet:
         run_torch(args, dtypes, report, save, over_deadline)
         torch_done = True
     if args.torch and not torch_done:

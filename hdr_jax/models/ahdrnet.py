@@ -49,7 +49,8 @@ class AHDRNet(nnx.Module):
 
   def __init__(self, *, channels: int = 64, growth: int = 32, n_dense: int = 6, n_blocks: int = 3,
                gamma: float = hdr_math.GAMMA, input_domain: str = "linear", output_head: str = "exposure",
-               polyphase: bool = True, dense_form: str = "concat", dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+               polyphase: bool = True, dense_form: str = "scatter", dtype=jnp.float32, param_dtype=jnp.float32,
+               rngs: nnx.Rngs):
     if input_domain not in ("linear", "gamma"):
       raise ValueError(f"input_domain must be 'linear' or 'gamma', got {input_domain!r}")
     if output_head not in ("exposure", "sigmoid"):

@@ -254,7 +254,7 @@ class DRDBStem(nnx.Module):
   run folded (``polyphase=True``) or dilated, with identical results. H and W must be even."""
 
   def __init__(self, *, blocks: int, channels: int, growth: int, layers: int, reference: bool,
-               polyphase: bool, dense_form: str = "concat", **kw):
+               polyphase: bool, dense_form: str = "scatter", **kw):
     self.reference = reference
     self.polyphase = polyphase
     self.conv_in = Conv2d(12 if reference else 6, channels, 3, **kw)
@@ -371,7 +371,7 @@ class HDRVAM(nnx.Module):
 
   def __init__(self, *, drdb_blocks: int = 0, drdb_channels: int = 64, drdb_growth: int = 32,
                drdb_layers: int = 4, drdb_reference: bool = True, gamma: float = hdr_math.GAMMA,
-               output_head: str = "exposure", polyphase: bool = True, dense_form: str = "concat",
+               output_head: str = "exposure", polyphase: bool = True, dense_form: str = "scatter",
                pad_multiple: int = 32, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
     if output_head not in OUTPUT_HEADS:
       raise ValueError(f"output_head must be one of {OUTPUT_HEADS}, got {output_head!r}")
