@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
 # The prepared benchmark run for the lent GPU machine (H100/H200, 16 cores, no network), ~9 minutes wall,
-# in this order (what the last runs did not measure first):
-#   1. benchmarks/models.py, AHDRNet: the DRDB's concat and scatter forms (model.dense_form) x bfloat16,
-#      float32: JAX train step (batch 8 x 256^2), full-frame inference (1060x1900), FLOPs/MFU, peak
-#      memory; the official PyTorch AHDRNet beside them (when torch imports);
-#   2. the input pipeline's delivered crops/s (tiles, prepared ArrayRecord, PNG; 1 crop per scene) against
-#      the fastest train step of step 1;
-#   3. benchmarks/models.py, VAM+DRDB, HDR-VAM and VAM+DRDB's scatter form (MODELS_B, DTYPES_B: bfloat16):
-#      every full-frame inference first, then the train steps (their compilation is the slow part);
-#   4. benchmarks/diffusion_sampling.py: DDPM sampling at 8 x 128^2, T=1000, bf16, the `full` U-Net
+# in this order (what the last runs did not measure first; the H100 run of 2026-11-26 measured AHDRNet,
+# the VAM frames, the tiles pipeline and the DDPM loop, so those come later):
+#   1. benchmarks/models.py, VAM+DRDB and HDR-VAM (MODELS_B, DTYPES_B: bfloat16; MODELS_B_PHASES: the
+#      train steps first, whose compilation is the slow part, then the full frames);
+#   2. benchmarks/sampler_quality.py: train the small conditional DDPM, then DDIM-50 (eta 1, eta 0) vs
+#      1000 ancestral;
+#   3. benchmarks/models.py, AHDRNet (MODELS, DTYPES: bfloat16, float32; add variants such as
+#      ahdrnet@model.dense_form=concat): JAX train step (batch 8 x 256^2), full-frame inference
+#      (1060x1900), FLOPs/MFU, peak memory; the official PyTorch AHDRNet beside it (when torch imports);
+#   4. the input pipeline's delivered crops/s (tiles, prepared ArrayRecord, PNG; 1 crop per scene) against
+#      the fastest train step of step 3;
+#   5. benchmarks/diffusion_sampling.py: DDPM sampling at 8 x 128^2, T=1000, bf16, the `full` U-Net
 #      (DIFFUSION_ARGS), compiled loop vs Python stepping vs eager PyTorch, DDIM-50, MFU against a
 #      measured peak;
-#   5. the compiled sampling loop again with GroupNorm statistics reduced per channel (model.gn_stats), and
-#      with XLA's command buffers (CUDA graphs) for while loops;
-#   6. benchmarks/sampler_quality.py: train the small conditional DDPM, then DDIM-50 (eta 1, eta 0) vs
-#      1000 ancestral, and benchmarks/profile_step.py on the U-Net forward, if time is left.
+#   6. the compiled sampling loop again with GroupNorm statistics reduced per channel (model.gn_stats), and
+#      with XLA's command buffers (CUDA graphs) for while loops; benchmarks/profile_step.py on the U-Net
+#      forward, if time is left.
 # Each step runs under `timeout` inside an overall budget; a failed or timed-out step is recorded and the
 # rest goes on. Everything lands in $OUT: models.json, models_b.json, pipeline.json,
 # diffusion_sampling.json, diffusion_gnstats.json, diffusion_cmdbuf.json, sampler_quality.json,
@@ -26,7 +28,7 @@
 # Device call (from the repository root; `.whl` made by `bash benchmarks/device_wheels.sh`, which adds
 # tensorboardX and tensorflow-datasets to ../shared/device/wheels.sh's set, and named in carry):
 #   bash benchmarks/gpu.sh
-# Knobs (environment): BUDGET (560 s), MODELS, DTYPES, MODELS_B, DTYPES_B, BATCH, PATCH, HEIGHT, WIDTH,
+# Knobs (environment): BUDGET (560 s), MODELS, DTYPES, MODELS_B, DTYPES_B, MODELS_B_PHASES, BATCH, PATCH, HEIGHT, WIDTH,
 # REPEATS, *_TIMEOUT, MODELS_DEADLINE, and extra flags MODELS_ARGS (e.g. "--torch_compile"), PIPELINE_ARGS,
 # DIFFUSION_ARGS, QUALITY_ARGS, CMDBUF_ARGS (also used by gnstats); SKIP (comma-separated step names:
 # models, pipeline, models_b, diffusion, gnstats, cmdbuf, quality, profile).
@@ -53,21 +55,22 @@ export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 OUT=${OUT:-$PWD/benchmarks/out/gpu}
 BUDGET=${BUDGET:-560}                  # seconds for the whole script; each step's timeout fits inside it
-MODELS=${MODELS:-ahdrnet,ahdrnet@model.dense_form=scatter}
+MODELS=${MODELS:-ahdrnet}
 DTYPES=${DTYPES:-bfloat16,float32}
-MODELS_B=${MODELS_B:-vam_drdb,vam,vam_drdb@model.dense_form=scatter}
+MODELS_B=${MODELS_B:-vam_drdb,vam}
 DTYPES_B=${DTYPES_B:-bfloat16}
+MODELS_B_PHASES=${MODELS_B_PHASES:-train,infer}
 BATCH=${BATCH:-8}
 PATCH=${PATCH:-256}
 HEIGHT=${HEIGHT:-1060}
 WIDTH=${WIDTH:-1900}
 REPEATS=${REPEATS:-10}
-MODELS_TIMEOUT=${MODELS_TIMEOUT:-250}
-MODELS_DEADLINE=${MODELS_DEADLINE:-180}  # at most; less when the budget or MODELS_TIMEOUT is short
-MODELS_B_TIMEOUT=${MODELS_B_TIMEOUT:-130}
+MODELS_TIMEOUT=${MODELS_TIMEOUT:-170}
+MODELS_DEADLINE=${MODELS_DEADLINE:-100}  # at most; less when the budget or MODELS_TIMEOUT is short
+MODELS_B_TIMEOUT=${MODELS_B_TIMEOUT:-200}
 PIPELINE_TIMEOUT=${PIPELINE_TIMEOUT:-75}
 DIFFUSION_TIMEOUT=${DIFFUSION_TIMEOUT:-80}
-QUALITY_TIMEOUT=${QUALITY_TIMEOUT:-130}
+QUALITY_TIMEOUT=${QUALITY_TIMEOUT:-180}  # 3000 training steps did not finish in 87 s on the H100
 PROFILE_TIMEOUT=${PROFILE_TIMEOUT:-45}
 CMDBUF_TIMEOUT=${CMDBUF_TIMEOUT:-45}
 GNSTATS_TIMEOUT=${GNSTATS_TIMEOUT:-45}
@@ -140,6 +143,16 @@ deadline() {  # deadline TIMEOUT CAP
   [ "$d" -gt $(($1 - 70)) ] && d=$(($1 - 70))
   echo "$d"
 }
+# shellcheck disable=SC2086
+step models_b "$MODELS_B_TIMEOUT" "$PY" benchmarks/models.py --models="$MODELS_B" --dtypes="$DTYPES_B" \
+  --batch="$BATCH" --patch="$PATCH" --height="$HEIGHT" --width="$WIDTH" --repeats="$REPEATS" \
+  --phases="$MODELS_B_PHASES" --phase_major \
+  --deadline_s="$(deadline "$MODELS_B_TIMEOUT" "$MODELS_B_TIMEOUT")" --json="$OUT/models_b.json" $MODELS_ARGS
+
+# shellcheck disable=SC2086
+step quality "$QUALITY_TIMEOUT" "$PY" benchmarks/sampler_quality.py --workdir=/tmp/hdr_sampler_quality \
+  --json="$OUT/sampler_quality.json" $QUALITY_ARGS
+
 # shellcheck disable=SC2086  # *_ARGS are word lists on purpose
 step models "$MODELS_TIMEOUT" "$PY" benchmarks/models.py --models="$MODELS" --dtypes="$DTYPES" --batch="$BATCH" \
   --patch="$PATCH" --height="$HEIGHT" --width="$WIDTH" --repeats="$REPEATS" "${TORCH[@]}" \
@@ -150,12 +163,6 @@ CONSUMPTION=()
 # shellcheck disable=SC2086
 step pipeline "$PIPELINE_TIMEOUT" "$PY" benchmarks/models.py --models= --pipeline --batch="$BATCH" --patch="$PATCH" \
   "${CONSUMPTION[@]}" --json="$OUT/pipeline.json" $PIPELINE_ARGS
-
-# shellcheck disable=SC2086
-step models_b "$MODELS_B_TIMEOUT" "$PY" benchmarks/models.py --models="$MODELS_B" --dtypes="$DTYPES_B" \
-  --batch="$BATCH" --patch="$PATCH" --height="$HEIGHT" --width="$WIDTH" --repeats="$REPEATS" \
-  --phases=infer,train --phase_major \
-  --deadline_s="$(deadline "$MODELS_B_TIMEOUT" "$MODELS_B_TIMEOUT")" --json="$OUT/models_b.json" $MODELS_ARGS
 
 # shellcheck disable=SC2086  # *_ARGS are word lists on purpose
 step diffusion "$DIFFUSION_TIMEOUT" "$PY" benchmarks/diffusion_sampling.py --json="$OUT/diffusion_sampling.json" \
@@ -172,10 +179,6 @@ step gnstats "$GNSTATS_TIMEOUT" "$PY" benchmarks/diffusion_sampling.py --json="$
 XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL" \
   step cmdbuf "$CMDBUF_TIMEOUT" "$PY" benchmarks/diffusion_sampling.py --json="$OUT/diffusion_cmdbuf.json" \
   --no_torch --ddim_steps=0 --python_steps=20 $CMDBUF_ARGS
-
-# shellcheck disable=SC2086
-step quality "$QUALITY_TIMEOUT" "$PY" benchmarks/sampler_quality.py --workdir=/tmp/hdr_sampler_quality \
-  --json="$OUT/sampler_quality.json" $QUALITY_ARGS
 
 step profile "$PROFILE_TIMEOUT" "$PY" benchmarks/profile_step.py --target=unet:matched --dtype=bfloat16 --batch=8 \
   --height=128 --width=128 --steps=10 --top=30 --out="$OUT/profile_unet"
