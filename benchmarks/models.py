@@ -154,12 +154,11 @@ def param_count(engine, state) -> int:
 # --------------------------------------------------------------------------------------------------
 
 
-def jax_train(spec: str, dtype: str, args, overrides: dict) -> dict:
+def jax_train(name: str, dtype: str, args, overrides: dict) -> dict:
   import jax
 
   from hdr_jax import engine as engine_lib
 
-  name, overrides = split_model_spec(spec, overrides)
   dev = jax.devices()[0]
   peak_before = common.peak_bytes(dev)
   config = load_config(name, dtype, args.batch, args.patch, overrides)
@@ -206,12 +205,11 @@ def jax_train(spec: str, dtype: str, args, overrides: dict) -> dict:
   return out
 
 
-def jax_infer(spec: str, dtype: str, args, overrides: dict) -> dict:
+def jax_infer(name: str, dtype: str, args, overrides: dict) -> dict:
   import jax
 
   from hdr_jax import engine as engine_lib
 
-  name, overrides = split_model_spec(spec, overrides)
   dev = jax.devices()[0]
   config = load_config(name, dtype, args.batch, args.patch, overrides)
   eng = engine_lib.Engine(config)
@@ -732,7 +730,8 @@ def parse_args(argv=None):
 
 def _worker_main(args) -> int:
   try:
-    result = jax_infer(args.models, args.dtypes, args, parse_sets(args.set))
+    name, overrides = split_model_spec(args.models, parse_sets(args.set))
+    result = jax_infer(name, args.dtypes, args, overrides)
   except Exception as e:  # noqa: BLE001 - reported to the parent
     result = {"error": _error(e)}
   print(_MARK + json.dumps(result, default=float), flush=True)
@@ -776,13 +775,16 @@ def main(argv=None) -> dict | None:
       return args.child_timeout
     return max(30.0, min(args.child_timeout, args.deadline_s - (time.perf_counter() - t0) + 60))
 
+  specs = {name: split_model_spec(name, overrides) for name in models}  # entry -> (config name, overrides)
+
   def measure(name: str, dtype: str, phase: str, row: dict) -> None:
     if over_deadline():
       row["errors"][phase] = "skipped: --deadline_s reached"
       return
+    base, own = specs[name]
     try:
       if phase == "train":
-        row["train"] = jax_train(name, dtype, args, overrides)
+        row["train"] = jax_train(base, dtype, args, own)
         tr = row["train"]
         print(f"{name} {dtype} train: {tr['ms_per_step']:.2f} ms/step, {tr['crops_per_s']:.1f} crops/s "
               f"(compile {tr['compile_s']:.1f} s), {common.fmt(_gflop(tr))} GFLOP/step", flush=True)
@@ -790,7 +792,7 @@ def main(argv=None) -> dict | None:
         if args.inference == "subprocess":
           row["infer"] = infer_subprocess(name, dtype, args, remaining())
         else:
-          row["infer"] = jax_infer(name, dtype, args, overrides)  # peak: this process's high-water mark
+          row["infer"] = jax_infer(base, dtype, args, own)  # peak: this process's high-water mark
         inf = row["infer"]
         print(f"{name} {dtype} infer {args.height}x{args.width}: {inf['ms']:.2f} ms "
               f"(end to end {inf['e2e_ms']:.2f} ms, compile {inf['compile_s']:.1f} s), "
@@ -822,7 +824,7 @@ def main(argv=None) -> dict | None:
       if row is None:
         row = rows[name, dtype] = {"model": name, "dtype": dtype, "framework": "jax", "variant": "jit", "errors": {}}
         try:
-          base, own = split_model_spec(name, overrides)
+          base, own = specs[name]
           row["model_name"] = load_config(base, dtype, args.batch, args.patch, own).model.name
         except Exception as e:  # noqa: BLE001
           row["errors"]["config"] = _error(e)
