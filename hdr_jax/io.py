@@ -135,14 +135,13 @@ def _decode_png(path, expect_depth: int) -> np.ndarray:
     raise DataError(path, f"expected a {expect_depth}-bit PNG, found {info.bit_depth}-bit")
   if info.channels != 3:
     raise DataError(path, f"expected 3 colour channels (RGB), found {info.channels}")
-  data = np.fromfile(path, dtype=np.uint8)
-  img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+  img = decode_png(np.fromfile(path, dtype=np.uint8))
   if img is None or img.shape != (info.height, info.width, 3):
     raise DataError(path, "PNG could not be decoded (corrupt image data)")
   want = np.uint8 if expect_depth == 8 else np.uint16
   if img.dtype != want:
     raise DataError(path, f"decoded to {img.dtype}, expected {np.dtype(want).name}")
-  return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+  return img
 
 
 def read_ldr_png_uint8(path) -> np.ndarray:
@@ -153,6 +152,15 @@ def read_ldr_png_uint8(path) -> np.ndarray:
 def read_ldr_png(path) -> np.ndarray:
   """An 8-bit RGB LDR frame as float32 in [0, 1] (values / 255, still gamma-encoded)."""
   return read_ldr_png_uint8(path).astype(np.float32) / np.float32(255.0)
+
+
+def decode_png(data) -> np.ndarray | None:
+  """The image of PNG bytes (RGB for colour, values and dtype as stored), or None when they do not
+  decode. Callers check the shape and dtype they expect."""
+  img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if len(data) else None
+  if img is not None and img.ndim == 3 and img.shape[2] == 3:
+    img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+  return img
 
 
 def encode_png(img_rgb: np.ndarray) -> bytes:

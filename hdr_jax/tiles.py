@@ -218,12 +218,12 @@ class _TiledImages:
   def _decode(self, blob: bytes, ty: int, tx: int, image: int) -> np.ndarray:
     t, h, w = self._header["tile"], self._header["height"], self._header["width"]
     want = (min(t, h - ty * t), min(t, w - tx * t), 3)
-    img = io.cv2.imdecode(np.frombuffer(blob, np.uint8), io.cv2.IMREAD_UNCHANGED) if blob else None
+    img = io.decode_png(blob)
     dtype = np.uint8 if self._scale is None else np.uint16
     if img is None or img.shape != want or img.dtype != dtype:
       raise io.DataError(self._path, f"corrupt tile (row {ty}, column {tx}, image {image}): "
                          f"could not be decoded to {dtype.__name__} {want}")
-    return io.cv2.cvtColor(img, io.cv2.COLOR_BGR2RGB)
+    return img
 
 
 class TiledSource:
