@@ -33,6 +33,12 @@ def test_drdb_scatter_form_equals_concat_form(folded):
     assert _rel(b, a) < 1e-5
 
 
+def test_drdb_forms_agree_without_dense_layers():
+  x = jax.random.normal(jax.random.key(1), (1, 8, 8, 4))
+  a, b = (DRDB(4, 2, 0, 2, form=f, rngs=nnx.Rngs(0)) for f in ("concat", "scatter"))
+  np.testing.assert_allclose(np.asarray(b(x)), np.asarray(a(x)), rtol=1e-6, atol=1e-6)
+
+
 def test_drdb_rejects_an_unknown_form():
   with pytest.raises(ValueError, match="dense_form"):
     DRDB(8, 4, 2, form="sum", rngs=nnx.Rngs(0))

@@ -171,7 +171,7 @@ class DRDB(nnx.Module):
 
   def _scatter(self, x, d):
     n, g = len(self.dense), self.growth
-    dtype = self.dense[0].dtype
+    dtype = self.fuse.dtype  # (a block may have no dense layers)
     x = x.astype(dtype)
     pieces = [x]
     partial = []  # partial[j][..., (l - j) * g:(l - j + 1) * g]: piece j's part of layer l's pre-activation
