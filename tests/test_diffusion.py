@@ -477,3 +477,66 @@ def test_unet_group_norm_matches_numpy_and_nnx(stats):
   assert bf(x.astype(jnp.bfloat16)).dtype == jnp.bfloat16
   with pytest.raises(ValueError, match="gn_stats"):
     GroupNorm(64, 8, stats="rows")
+
+
+def test_unet_conv_and_dense_are_flax_layers_with_float32_bias_gradients():
+  """The U-Net's Conv and Dense have nnx.Conv's and nnx.Linear's parameters, initial values and
+  outputs (checkpoints and seeds unchanged); only their bias gradient differs, summed in float32."""
+  from flax import nnx
+
+  from hdr_jax.models.unet import Conv, Dense
+
+  x = jax.random.normal(jax.random.key(0), (2, 9, 12, 5))
+  for strides in ((1, 1), (2, 2)):
+    ours, flax_conv = Conv(5, 7, (3, 3), strides=strides, rngs=nnx.Rngs(3)), nnx.Conv(5, 7, (3, 3), strides=strides,
+                                                                                        rngs=nnx.Rngs(3))
+    ours.bias[...] = flax_conv.bias[...] = jax.random.normal(jax.random.key(1), (7,))
+    for a, b in zip(jax.tree.leaves(nnx.state(ours)), jax.tree.leaves(nnx.state(flax_conv)), strict=True):
+      np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(ours(x), flax_conv(x), rtol=1e-6, atol=1e-6)
+  ours, flax_dense = Dense(5, 7, rngs=nnx.Rngs(3)), nnx.Linear(5, 7, rngs=nnx.Rngs(3))
+  assert jax.tree.structure(nnx.state(ours)) == jax.tree.structure(nnx.state(flax_dense))
+  np.testing.assert_array_equal(ours.kernel[...], flax_dense.kernel[...])
+  np.testing.assert_allclose(ours(x), flax_dense(x), rtol=1e-6, atol=1e-6)
+
+
+def test_unet_bfloat16_gradients_match_float32():
+  """Every gradient of a bfloat16 U-Net within 3 % of the float32 one (measured: at most 0.9 %). Its
+  bias gradients, each a sum over every pixel, were 30-70 % off when flax's layers summed them in
+  bfloat16, as was the step embedding's (added per image to every pixel)."""
+  from flax import nnx
+
+  from hdr_jax.models.unet import UNet
+
+  x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+  t = jnp.array([10, 200, 500, 900])
+  # Abstract models given random parameters (every layer, the zero-initialised ones included,
+  # passes gradients on): no initialisation to run, which costs ~20 s on CPU.
+  models = [nnx.eval_shape(lambda d=dtype: UNet(ch=32, ch_mult=(1, 2), num_res_blocks=1, groups=8, conditional=False,
+                                                dtype=d, rngs=nnx.Rngs(0))) for dtype in (jnp.float32, jnp.bfloat16)]
+  rng = np.random.default_rng(5)
+
+  def draw(path, p):
+    name = jax.tree_util.keystr(path)
+    if p.ndim > 1:  # kernels, LeCun scale
+      return rng.standard_normal(p.shape, np.float32) / np.sqrt(np.prod(p.shape[:-1]))
+    return rng.standard_normal(p.shape, np.float32) * 0.1 + (1.0 if "norm" in name and "scale" in name else 0.0)
+
+  params = jax.tree_util.tree_map_with_path(draw, nnx.state(models[0], nnx.Param))
+  for model in models:
+    nnx.update(model, params)
+
+  def loss(model):
+    return jnp.mean(jnp.square(model(x, t)))
+
+  grad = nnx.jit(nnx.grad(loss))  # (compiled: op by op it takes ~50 s on CPU)
+  ref, got = grad(models[0]), grad(models[1])
+  pairs = list(zip(jax.tree_util.tree_leaves_with_path(ref), jax.tree.leaves(got), strict=True))
+  assert len(pairs) > 100
+  worst = 0.0
+  for (path, r), g in pairs:
+    assert g.dtype == jnp.float32
+    err = float(jnp.linalg.norm(g - r) / jnp.linalg.norm(r))
+    assert err < 0.03, (jax.tree_util.keystr(path), err)
+    worst = max(worst, err)
+  print("worst relative gradient error", worst)

@@ -1,4 +1,4 @@
-"""Tests of hdr_jax.models.layers: the DRDB's two evaluation forms and bfloat16 bias gradients."""
+"""Tests of hdr_jax.models.layers: the DRDB's two evaluation forms and bfloat16 bias gradients (Conv2d, bias_add)."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from hdr_jax.models.layers import DRDB, Conv2d
+from hdr_jax.models.layers import DRDB, Conv2d, bias_add
 
 
 def _loss(m, x, folded=True):
@@ -60,3 +60,32 @@ def test_bfloat16_gradients_accumulate_in_float32(form):
 def test_conv_bias_add_keeps_the_compute_dtype():
   conv = Conv2d(4, 8, 3, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
   assert conv(jnp.ones((1, 5, 5, 4))).dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("bias_shape", [(64,), (2, 1, 1, 64)])
+def test_bias_add_sums_its_bfloat16_gradient_in_float32(bias_shape):
+  """A per-channel bias and a per-image one (a projected step embedding): the forward is the plain
+  add in y's dtype; the bias gradient, a sum over 2 x 96 x 96 pixels, is within 1 % of the exact one
+  (autodiff of the plain bfloat16 add was 30-70 % off in the U-Net)."""
+  y = jax.random.normal(jax.random.key(0), (2, 96, 96, 64))
+  bias = jax.random.normal(jax.random.key(1), bias_shape)
+  w = jax.random.normal(jax.random.key(2), y.shape) + 1.0
+
+  def loss(y, bias, add):
+    return jnp.sum(add(y, bias).astype(jnp.float32) * w)
+
+  exact = jax.grad(loss, 1)(y, bias, lambda a, b: a + b)
+  yb = y.astype(jnp.bfloat16)
+  assert bias_add(yb, bias).dtype == jnp.bfloat16
+  np.testing.assert_array_equal(bias_add(yb, bias), yb + bias.astype(jnp.bfloat16))
+  plain = jax.grad(loss, 1)(yb, bias, lambda a, b: a + b.astype(a.dtype))
+  got = jax.grad(loss, 1)(yb, bias, bias_add)
+  assert got.dtype == jnp.float32 and got.shape == bias_shape
+  assert _rel(got, exact) < 0.01 < _rel(plain, exact)
+  dy = jax.grad(loss, 0)(yb, bias, bias_add)
+  np.testing.assert_array_equal(dy, w.astype(jnp.bfloat16))
+
+
+def test_bias_add_refuses_a_bias_that_enlarges_y():
+  with pytest.raises(ValueError, match="bias_add"):
+    bias_add(jnp.zeros((1, 4, 4, 1)), jnp.zeros((8,)))
