@@ -283,3 +283,92 @@ def table(headers, rows) -> str:
     return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
 
   return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths).rstrip()] + [line(r) for r in cells[1:]])
+
+
+# Input pipeline: the training sources over a synthesised NTIRE folder, and their delivered rate
+# (benchmarks/input_pipeline.py and benchmarks/models.py --pipeline).
+
+PIPELINE_SOURCES = ("png", "tiles", "prepared/tfds", "prepared/array_record")
+
+
+def folder_bytes(path: Path) -> int:
+  return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def pipeline_sources(folder, workdir, wanted, *, tile: int = 128, verbose: bool = True) -> tuple[dict, dict]:
+  """Opens the ``wanted`` training sources (names from ``PIPELINE_SOURCES``, in the given order) over the
+  NTIRE ``folder``, preparing what they need under ``workdir`` (kept if already there).
+
+  Returns ``(sources, prepared)``: name -> ``hdr_jax.data`` source, and per prepared format (``tiles``,
+  ``array_record``) ``{'prepare_s', 'bytes'}``, or ``{'error'}`` when preparing it failed (for example
+  a dependency of tensorflow_datasets missing on the host) or ``{'skipped'}`` when
+  tensorflow_datasets is not installed. A format that could not be prepared leaves its sources out;
+  the others are still opened.
+  """
+  import importlib.util
+  import time as _time
+
+  from hdr_jax import data, tiles
+
+  unknown = [s for s in wanted if s not in PIPELINE_SOURCES]
+  if unknown:
+    raise ValueError(f"unknown pipeline sources {unknown}; choose from {list(PIPELINE_SOURCES)}")
+  folder, workdir = Path(folder), Path(workdir)
+  sources, prepared = {}, {}
+  if "tiles" in wanted:
+    start = _time.perf_counter()
+    tiled = workdir / f"tiles{tile}"
+    if not (tiled / tiles.INDEX).is_file():
+      tiles.prepare(folder, tiled, tile=tile, verbose=False)
+    prepared["tiles"] = {"prepare_s": _time.perf_counter() - start, "bytes": folder_bytes(tiled)}
+  backends = [s.split("/")[1] for s in wanted if s.startswith("prepared/")]
+  version_dir = None
+  if backends and importlib.util.find_spec("tensorflow_datasets") is None:
+    prepared["array_record"] = {"skipped": "tensorflow_datasets is not installed"}
+  elif backends:
+    try:
+      from hdr_jax import tfds_ntire
+
+      start = _time.perf_counter()
+      version_dir = tfds_ntire.prepare(folder, workdir / "tfds")
+      prepared["array_record"] = {"prepare_s": _time.perf_counter() - start, "bytes": folder_bytes(version_dir)}
+    except Exception as e:  # noqa: BLE001 - the other sources go on
+      prepared["array_record"] = {"error": f"{type(e).__name__}: {e}".splitlines()[0]}
+  for name in dict.fromkeys(wanted):
+    if name == "png":
+      sources[name] = data.NtireSource(folder, decode=False)
+    elif name == "tiles":
+      sources[name] = data.open_prepared(workdir / f"tiles{tile}")
+    elif version_dir is not None:
+      sources[name] = data.PreparedSource(version_dir, "train", backend=name.split("/")[1])
+  if verbose:
+    for name, p in prepared.items():
+      if "error" in p or "skipped" in p:
+        print(f"pipeline {name}: {'FAILED ' + p['error'] if 'error' in p else 'skipped: ' + p['skipped']}",
+              flush=True)
+  return sources, prepared
+
+
+def delivered_rate(source, *, patch: int, batch: int, workers: int, crops: int = 1, threads: int = 1,
+                   prefetch: int = 2, warmup: int = 2, batches: int = 12) -> dict:
+  """Steady-state crops/s of ``hdr_jax.data.make_train_iterator`` over ``source``: ``warmup`` batches
+  (worker start-up, the first burst) untimed, then ``batches`` timed."""
+  from hdr_jax import data
+
+  start = time.perf_counter()
+  it = data.make_train_iterator(source, patch_size=patch, global_batch_size=batch, seed=0, num_workers=workers,
+                                num_threads=threads, prefetch=prefetch, crops_per_scene=crops)
+  try:
+    for _ in range(warmup):
+      next(it)
+    startup = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(batches):
+      next(it)
+    elapsed = time.perf_counter() - start
+  finally:
+    close = getattr(it, "close", None)
+    if close:
+      close()
+  return {"workers": workers, "crops_per_scene": crops, "threads": threads, "batches": batches,
+          "crops_per_s": batches * batch / elapsed, "ms_per_batch": 1e3 * elapsed / batches, "startup_s": startup}

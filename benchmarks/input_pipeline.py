@@ -18,33 +18,10 @@ import platform
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-
-def _folder_bytes(path: Path) -> int:
-  return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def _time_pipeline(source, args, workers: int, crops: int) -> dict:
-  from hdr_jax import data
-
-  start = time.perf_counter()
-  it = data.make_train_iterator(source, patch_size=args.patch, global_batch_size=args.batch, seed=0,
-                                num_workers=workers, num_threads=args.threads, prefetch=args.prefetch,
-                                crops_per_scene=crops)
-  try:
-    for _ in range(args.warmup):
-      next(it)
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(args.batches):
-      next(it)
-    elapsed = time.perf_counter() - start
-  finally:
-    it.close()
-  return {"workers": workers, "crops_per_scene": crops, "crops_per_s": args.batches * args.batch / elapsed,
-          "ms_per_batch": 1000 * elapsed / args.batches, "startup_s": first}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (benchmarks/common.py)
 
 
 def main(argv=None) -> dict:
@@ -62,54 +39,31 @@ def main(argv=None) -> dict:
   parser.add_argument("--prefetch", type=int, default=2, help="buffered batches (per worker)")
   parser.add_argument("--sources", default="png,tiles,prepared/tfds,prepared/array_record",
                       help="comma-separated, from png, tiles, prepared/tfds, prepared/array_record (the last two "
-                      "are skipped without tensorflow_datasets)")
+                      "are skipped, and reported, without tensorflow_datasets or when preparing them fails)")
   parser.add_argument("--tile", type=int, default=128, help="tile size of the tiles source")
   parser.add_argument("--workdir", default=None, help="where to build the data (default: a temporary folder)")
   parser.add_argument("--json", default="benchmarks/out/input_pipeline.json")
   args = parser.parse_args(argv)
 
-  import importlib.util
-
-  from hdr_jax import data, synthesize, tiles
+  from hdr_jax import synthesize
 
   wanted = [s for s in args.sources.split(",") if s]
-  unknown = set(wanted) - {"png", "tiles", "prepared/tfds", "prepared/array_record"}
+  unknown = set(wanted) - set(common.PIPELINE_SOURCES)
   if unknown:
     parser.error(f"unknown --sources {sorted(unknown)}")
-  if importlib.util.find_spec("tensorflow_datasets") is None:
-    skipped = [s for s in wanted if s.startswith("prepared/")]
-    if skipped:
-      print(f"skipping {skipped}: tensorflow_datasets is not installed", flush=True)
-    wanted = [s for s in wanted if s not in skipped]
   workdir = Path(args.workdir or tempfile.mkdtemp(prefix="hdr_input_bench_"))
   try:
     folder = workdir / "ntire"
     if not folder.is_dir():
       synthesize.synthesize_folder(folder, args.scenes, args.height, args.width, seed=0, verbose=False)
-    sources, prepared = {}, {}
-    if "png" in wanted:
-      sources["png"] = data.NtireSource(folder, decode=False)
-    if "tiles" in wanted:
-      start = time.perf_counter()
-      tiled = workdir / f"tiles{args.tile}"
-      if not (tiled / tiles.INDEX).is_file():
-        tiles.prepare(folder, tiled, tile=args.tile, verbose=False)
-      prepared["tiles"] = {"prepare_s": time.perf_counter() - start, "bytes": _folder_bytes(tiled)}
-      sources["tiles"] = data.open_prepared(tiled)
-    if any(s.startswith("prepared/") for s in wanted):
-      from hdr_jax import tfds_ntire
-
-      start = time.perf_counter()
-      version_dir = tfds_ntire.prepare(folder, workdir / "tfds")
-      prepared["array_record"] = {"prepare_s": time.perf_counter() - start, "bytes": _folder_bytes(version_dir)}
-      for backend in ("tfds", "array_record"):
-        if f"prepared/{backend}" in wanted:
-          sources[f"prepared/{backend}"] = data.PreparedSource(version_dir, "train", backend=backend)
+    sources, prepared = common.pipeline_sources(folder, workdir, wanted, tile=args.tile)
     results = []
     for crops in (int(c) for c in args.crops_per_scene.split(",")):
       for name, source in sources.items():
         for workers in (int(w) for w in args.workers.split(",")):
-          r = {"source": name, **_time_pipeline(source, args, workers, crops)}
+          r = {"source": name, **common.delivered_rate(
+              source, patch=args.patch, batch=args.batch, workers=workers, crops=crops, threads=args.threads,
+              prefetch=args.prefetch, warmup=args.warmup, batches=args.batches)}
           gc.collect()  # finish closed worker iterators now, not at interpreter exit
           results.append(r)
           print(f"{name:22s} crops/scene={crops} workers={workers}  {r['crops_per_s']:8.1f} crops/s  "
@@ -117,7 +71,7 @@ def main(argv=None) -> dict:
     report = {
         "config": {k: v for k, v in vars(args).items() if k not in ("json", "workdir")},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "png_bytes": _folder_bytes(folder), "prepared": prepared,
+        "png_bytes": common.folder_bytes(folder), "prepared": prepared,
         "results": results,
     }
   finally:
@@ -127,8 +81,8 @@ def main(argv=None) -> dict:
   print(f"\n{args.scenes} scenes {args.height}x{args.width}, batch {args.batch} x {args.patch}x{args.patch}, "
         f"{args.threads} reader thread(s)/process, {os.cpu_count()} CPUs")
   print(f"PNG folder {report['png_bytes'] / 2**20:.1f} MiB" + "".join(
-      f"; {name} {p['bytes'] / 2**20:.1f} MiB (prepared in {p['prepare_s']:.1f} s)" for name, p in prepared.items())
-        + "\n")
+      f"; {name} {p['bytes'] / 2**20:.1f} MiB (prepared in {p['prepare_s']:.1f} s)" for name, p in prepared.items()
+      if "bytes" in p) + "\n")
   counts = sorted({r["workers"] for r in results})
   print(f"{'crops/s':36s}" + "".join(f"{f'{w} workers':>12s}" for w in counts))
   for key in dict.fromkeys((r["source"], r["crops_per_scene"]) for r in results):

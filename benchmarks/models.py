@@ -388,37 +388,8 @@ def _synthesize(folder: Path, scenes: int, height: int, width: int) -> None:
       job.result()
 
 
-def _delivered(source, args, workers: int, crops: int) -> dict:
-  """Steady-state crops/s of the training iterator: the first ``max(2, workers)`` batches (worker
-  start-up, the first burst) untimed, then at least three batches per worker timed."""
-  from hdr_jax import data
-
-  batches = max(args.pipeline_batches, 3 * workers)
-  start = time.perf_counter()
-  it = data.make_train_iterator(source, patch_size=args.patch, global_batch_size=args.batch, seed=0,
-                                num_workers=workers, num_threads=args.threads, prefetch=args.prefetch,
-                                crops_per_scene=crops)
-  try:
-    for _ in range(max(2, workers)):
-      next(it)
-    startup = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(batches):
-      next(it)
-    elapsed = time.perf_counter() - start
-  finally:
-    close = getattr(it, "close", None)
-    if close:
-      close()
-  return {"workers": workers, "crops_per_scene": crops, "threads": args.threads, "batches": batches,
-          "crops_per_s": batches * args.batch / elapsed, "ms_per_batch": 1e3 * elapsed / batches,
-          "startup_s": startup}
-
-
 def pipeline_check(args, consumption: dict | None, report: dict, save) -> None:
   import shutil
-
-  from hdr_jax import data
 
   result = {"height": args.pipeline_height, "width": args.pipeline_width, "scenes": args.pipeline_scenes,
             "consumption": consumption, "rows": [], "target_ratio": PIPELINE_TARGET}
@@ -429,32 +400,16 @@ def pipeline_check(args, consumption: dict | None, report: dict, save) -> None:
     start = time.perf_counter()
     _synthesize(folder, args.pipeline_scenes, args.pipeline_height, args.pipeline_width)
     result["synthesize_s"] = time.perf_counter() - start
-    sources = []
-    from hdr_jax import tiles
-
-    start = time.perf_counter()
-    tiles.prepare(folder, workdir / "tiles", verbose=False)
-    result["tiles_prepare_s"] = time.perf_counter() - start
-    sources.append(("tiles", data.open_prepared(workdir / "tiles")))
-    if importlib.util.find_spec("tensorflow_datasets") is not None:
-      try:
-        from hdr_jax import tfds_ntire
-
-        start = time.perf_counter()
-        version_dir = tfds_ntire.prepare(folder, workdir / "tfds")
-        result["prepare_s"] = time.perf_counter() - start
-        sources.append(("prepared/array_record", data.PreparedSource(version_dir, "train", backend="array_record")))
-      except Exception as e:  # noqa: BLE001 - e.g. a dependency tfds lacks here; the other sources go on
-        result["prepared"] = f"failed: {_error(e).splitlines()[0]}"
-        print(f"pipeline prepared/array_record: FAILED {result['prepared']}", flush=True)
-    else:
-      result["prepared"] = "skipped: tensorflow_datasets is not importable (PNG and tiles sources only)"
-    sources.append(("png", data.NtireSource(folder, decode=False)))
+    # Tiles first (the recommended GPU format), the ArrayRecord dataset when tfds can prepare it, PNG last.
+    sources, result["prepared"] = common.pipeline_sources(folder, workdir, ["tiles", "prepared/array_record", "png"])
     for crops in _ints(args.crops_per_scene):
-      for source_name, source in sources:
+      for source_name, source in sources.items():
         for workers in _workers(args.workers):
           try:
-            row = {"source": source_name, **_delivered(source, args, workers, crops)}
+            # At least max(2, workers) batches untimed (worker start-up), three per worker timed.
+            row = {"source": source_name, **common.delivered_rate(
+                source, patch=args.patch, batch=args.batch, workers=workers, crops=crops, threads=args.threads,
+                prefetch=args.prefetch, warmup=max(2, workers), batches=max(args.pipeline_batches, 3 * workers))}
           except Exception as e:  # noqa: BLE001 - one failing configuration must not end the check
             row = {"source": source_name, "workers": workers, "crops_per_scene": crops, "error": _error(e)}
           gc.collect()
@@ -627,8 +582,10 @@ def format_report(report: dict) -> str:
       else:
         lines.append(f"  {row['source']:22s} crops/scene={row['crops_per_scene']} workers={row['workers']:2d}: "
                      f"{row['crops_per_s']:8.1f} crops/s")
-    if p.get("prepared"):
-      lines.append(f"  prepared source {p['prepared']}")
+    for name, prep in (p.get("prepared") or {}).items():
+      state = (f"FAILED {prep['error']}" if "error" in prep else f"skipped: {prep['skipped']}" if "skipped" in prep
+               else f"prepared in {prep['prepare_s']:.1f} s, {prep['bytes'] / 2**20:.1f} MiB")
+      lines.append(f"  {name}: {state}")
     c = p.get("consumption")
     if c:
       lines.append(f"  fastest train step: {c['model']} {c['dtype']} consumes {c['crops_per_s']:.1f} crops/s")

@@ -113,3 +113,42 @@ def test_models_benchmark_variants_and_phase_order(tmp_path, capsys):
   assert rows[0]["infer"]["flops"] == rows[1]["infer"]["flops"]  # and the same multiply-adds
   with pytest.raises(SystemExit, match="--phases"):
     models.main(["--phases=fit", f"--json={tmp_path / 'x.json'}"])
+
+
+def test_pipeline_sources_go_on_without_the_prepared_format(tmp_path, monkeypatch, capsys):
+  """The pipeline benchmarks' shared sources: when the ArrayRecord dataset cannot be prepared (tfds
+  missing, or failing on the host) the PNG and tiles sources are still opened and timed, and the
+  failure is reported; ``input_pipeline.py`` runs end to end on them."""
+  import importlib.util
+
+  import input_pipeline
+
+  from hdr_jax import synthesize
+
+  folder = tmp_path / "ntire"
+  synthesize.synthesize_folder(folder, 2, 64, 96, seed=0, verbose=False)
+  tfds_installed = importlib.util.find_spec("tensorflow_datasets") is not None
+  if tfds_installed:
+    from hdr_jax import tfds_ntire
+
+    def fail(*args, **kwargs):
+      raise ModuleNotFoundError("No module named 'importlib_resources'")
+
+    monkeypatch.setattr(tfds_ntire, "prepare", fail)
+  sources, prepared = common.pipeline_sources(folder, tmp_path, ["tiles", "prepared/array_record", "png"])
+  assert list(sources) == ["tiles", "png"]
+  assert prepared["tiles"]["bytes"] > 0
+  assert ("importlib_resources" in prepared["array_record"]["error"]) if tfds_installed else (
+      "skipped" in prepared["array_record"])
+  assert "pipeline array_record: " in capsys.readouterr().out
+  rate = common.delivered_rate(sources["tiles"], patch=32, batch=2, workers=0, warmup=1, batches=2)
+  assert rate["crops_per_s"] > 0 and rate["batches"] == 2
+  with pytest.raises(ValueError, match="unknown pipeline sources"):
+    common.pipeline_sources(folder, tmp_path, ["jpeg"])
+
+  report = input_pipeline.main(["--height=64", "--width=96", "--scenes=2", "--patch=32", "--batch=2",
+                                "--batches=2", "--warmup=1", "--workers=0", "--sources=png,tiles",
+                                f"--workdir={tmp_path / 'bench'}", f"--json={tmp_path / 'p.json'}"])
+  assert [r["source"] for r in report["results"]] == ["png", "tiles"]
+  assert all(r["crops_per_s"] > 0 for r in report["results"])
+  assert json.loads((tmp_path / "p.json").read_text())["prepared"]["tiles"]["bytes"] > 0
