@@ -14,13 +14,13 @@
 #   5. benchmarks/diffusion_sampling.py: DDPM sampling at 8 x 128^2, T=1000, bf16, the `full` U-Net
 #      (DIFFUSION_ARGS), compiled loop vs Python stepping vs eager PyTorch, DDIM-50, MFU against a
 #      measured peak;
-#   6. the compiled sampling loop again with GroupNorm statistics reduced per channel (model.gn_stats), and
-#      with XLA's command buffers (CUDA graphs) for while loops; benchmarks/profile_step.py on the U-Net
-#      forward, if time is left.
+#   6. benchmarks/profile_step.py on AHDRNet's float32 train step (where its time goes), then, if time is
+#      left, the compiled sampling loop again with XLA's command buffers (CUDA graphs) for while loops and
+#      with GroupNorm statistics reduced per channel (model.gn_stats).
 # Each step runs under `timeout` inside an overall budget; a failed or timed-out step is recorded and the
 # rest goes on. Everything lands in $OUT: models.json, models_b.json, pipeline.json,
 # diffusion_sampling.json, diffusion_gnstats.json, diffusion_cmdbuf.json, sampler_quality.json,
-# profile_unet/summary.json, status.jsonl and gpu.log (all output); a short table is printed last.
+# profile_train_ahdrnet_fp32/summary.json, status.jsonl and gpu.log (all output); a short table is printed last.
 # One JAX compilation cache (JAX_COMPILATION_CACHE_DIR, with XLA's per-fusion autotuning results) is
 # shared by every step, so a convolution shape autotuned once is not autotuned again: later steps'
 # compile times are those of a warm cache.
@@ -168,11 +168,10 @@ step pipeline "$PIPELINE_TIMEOUT" "$PY" benchmarks/models.py --models= --pipelin
 step diffusion "$DIFFUSION_TIMEOUT" "$PY" benchmarks/diffusion_sampling.py --json="$OUT/diffusion_sampling.json" \
   --peak_tflops=auto $DIFFUSION_ARGS
 
-# The same compiled loop with GroupNorm's statistics reduced per channel first (compare with the same
-# U-Net's row of the diffusion step above).
-# shellcheck disable=SC2086
-step gnstats "$GNSTATS_TIMEOUT" "$PY" benchmarks/diffusion_sampling.py --json="$OUT/diffusion_gnstats.json" \
-  --no_torch --ddim_steps=0 --python_steps=20 --model_set=gn_stats=channel $CMDBUF_ARGS
+# Where AHDRNet's float32 train step goes (issue 3's open gap: 1.41x PyTorch against 1.5x): every kernel
+# of a few steps, grouped (convolutions, copies, fusions). The step's shapes are in the warm cache.
+step profile "$PROFILE_TIMEOUT" "$PY" benchmarks/profile_step.py --target=train:ahdrnet --dtype=float32 \
+  --batch="$BATCH" --patch="$PATCH" --steps=5 --top=30 --out="$OUT/profile_train_ahdrnet_fp32"
 
 # The compiled sampling loop with XLA's while loops recorded as CUDA graphs (command buffers).
 # shellcheck disable=SC2086
@@ -180,8 +179,12 @@ XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_enable_command_buffer=+WHILE,+COND
   step cmdbuf "$CMDBUF_TIMEOUT" "$PY" benchmarks/diffusion_sampling.py --json="$OUT/diffusion_cmdbuf.json" \
   --no_torch --ddim_steps=0 --python_steps=20 $CMDBUF_ARGS
 
-step profile "$PROFILE_TIMEOUT" "$PY" benchmarks/profile_step.py --target=unet:matched --dtype=bfloat16 --batch=8 \
-  --height=128 --width=128 --steps=10 --top=30 --out="$OUT/profile_unet"
+# The same compiled loop with GroupNorm's statistics reduced per channel first (compare with the same
+# U-Net's row of the diffusion step above).
+# shellcheck disable=SC2086
+step gnstats "$GNSTATS_TIMEOUT" "$PY" benchmarks/diffusion_sampling.py --json="$OUT/diffusion_gnstats.json" \
+  --no_torch --ddim_steps=0 --python_steps=20 --model_set=gn_stats=channel $CMDBUF_ARGS
+
 find "$OUT" -name '*.xplane.pb' -delete 2> /dev/null
 
 {

@@ -181,6 +181,8 @@ def main(argv=None):
   import jax
 
   out = Path(args.out or ROOT / "benchmarks" / "out" / "profile" / f"{args.target.replace(':', '_')}_{args.dtype}")
+  if out.exists() and not out.is_dir():
+    raise SystemExit(f"--out={out}: exists and is not a directory (the trace is written into a folder)")
   fn, sync, what = _target_fn(args)
   start = time.perf_counter()
   sync(fn())
