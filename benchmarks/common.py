@@ -306,7 +306,6 @@ def pipeline_sources(folder, workdir, wanted, *, tile: int = 128, verbose: bool 
   the others are still opened.
   """
   import importlib.util
-  import time as _time
 
   from hdr_jax import data, tiles
 
@@ -316,11 +315,11 @@ def pipeline_sources(folder, workdir, wanted, *, tile: int = 128, verbose: bool 
   folder, workdir = Path(folder), Path(workdir)
   sources, prepared = {}, {}
   if "tiles" in wanted:
-    start = _time.perf_counter()
+    start = time.perf_counter()
     tiled = workdir / f"tiles{tile}"
     if not (tiled / tiles.INDEX).is_file():
       tiles.prepare(folder, tiled, tile=tile, verbose=False)
-    prepared["tiles"] = {"prepare_s": _time.perf_counter() - start, "bytes": folder_bytes(tiled)}
+    prepared["tiles"] = {"prepare_s": time.perf_counter() - start, "bytes": folder_bytes(tiled)}
   backends = [s.split("/")[1] for s in wanted if s.startswith("prepared/")]
   version_dir = None
   if backends and importlib.util.find_spec("tensorflow_datasets") is None:
@@ -329,9 +328,9 @@ def pipeline_sources(folder, workdir, wanted, *, tile: int = 128, verbose: bool 
     try:
       from hdr_jax import tfds_ntire
 
-      start = _time.perf_counter()
+      start = time.perf_counter()
       version_dir = tfds_ntire.prepare(folder, workdir / "tfds")
-      prepared["array_record"] = {"prepare_s": _time.perf_counter() - start, "bytes": folder_bytes(version_dir)}
+      prepared["array_record"] = {"prepare_s": time.perf_counter() - start, "bytes": folder_bytes(version_dir)}
     except Exception as e:  # noqa: BLE001 - the other sources go on
       prepared["array_record"] = {"error": f"{type(e).__name__}: {e}".splitlines()[0]}
   for name in dict.fromkeys(wanted):
@@ -343,9 +342,10 @@ def pipeline_sources(folder, workdir, wanted, *, tile: int = 128, verbose: bool 
       sources[name] = data.PreparedSource(version_dir, "train", backend=name.split("/")[1])
   if verbose:
     for name, p in prepared.items():
-      if "error" in p or "skipped" in p:
-        print(f"pipeline {name}: {'FAILED ' + p['error'] if 'error' in p else 'skipped: ' + p['skipped']}",
-              flush=True)
+      if "error" in p:
+        print(f"pipeline {name}: FAILED {p['error']}", flush=True)
+      elif "skipped" in p:
+        print(f"pipeline {name}: skipped: {p['skipped']}", flush=True)
   return sources, prepared
 
 
