@@ -136,7 +136,29 @@ def run_cli(body, argv=None, required=()) -> None:
       print(f"error: {e}", file=sys.stderr, flush=True)
       sys.exit(1)
 
-  app.run(_main, argv=argv)
+  app.run(_main, argv=argv, flags_parser=_parse_flags)
+
+
+def _parse_flags(argv):
+  """absl's flag parsing, plus a one-line error for a ``--config.KEY=VALUE`` that names no config field:
+  ml_collections raises ``AttributeError``/``KeyError`` for it (a traceback under absl's parser)."""
+  import re
+  import sys
+
+  from absl import app
+
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:
+    text = str(e)  # e.g. AttributeError("'\\'chanels\\'\\nDid you mean ...'"): a KeyError's repr, nested
+    found = re.search(r"[A-Za-z_]\w*", text)
+    name = found.group(0) if found else "?"
+    given = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
+    culprit = next((a for a in given if name in a[len("--config."):].split(".")), "a --config.KEY override")
+    suggestion = re.search(r'Did you mean "([^"]+)"', text)
+    hint = f' Did you mean "{suggestion.group(1)}"?' if suggestion else ""
+    print(f"error: {culprit}: the config has no field {name!r}.{hint}", file=sys.stderr, flush=True)
+    sys.exit(1)
 
 
 def quiet_logging() -> None:

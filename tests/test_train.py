@@ -126,6 +126,22 @@ def test_bad_data_folder_fails_before_training(tmp_path):
   assert not (tmp_path / "w" / "checkpoints").exists() or not any((tmp_path / "w" / "checkpoints").iterdir())
 
 
+@pytest.mark.parametrize("override, message", [
+    ("--config.model.chanels=8", 'error: --config.model.chanels: the config has no field \'chanels\'. '
+                                 'Did you mean "channels"?'),
+    ("--config.optimizer.learning_rat=1", "error: --config.optimizer.learning_rat: the config has no field "
+                                          "'learning_rat'"),
+    ("--config.model.input_domain=log", "error: config.model (model 'ahdrnet'): input_domain must be"),
+])
+def test_a_bad_config_override_is_one_line_naming_it(tmp_path, override, message):
+  """A mistyped --config key (ml_collections raised it as a traceback from flag parsing) and a bad
+  model setting: one error line naming the key or the settings, exit code 1, nothing written."""
+  proc = train(tmp_path / "w", tmp_path / "cache", override, check=False)
+  assert proc.returncode == 1
+  assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+  assert not (tmp_path / "w" / "checkpoints").exists() or not any((tmp_path / "w" / "checkpoints").iterdir())
+
+
 @pytest.mark.slow
 def test_entry_points_end_to_end(tmp_path):
   cache, wd = tmp_path / "cache", tmp_path / "run"

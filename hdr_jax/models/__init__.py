@@ -41,4 +41,10 @@ def build_model(model_config, dtype="float32", *, rngs):
   """Builds ``model_config.name`` with the other keys of ``model_config`` as keyword arguments."""
   cfg = dict(model_config)
   name = cfg.pop("name")
-  return get_constructor(name)(**cfg, dtype=get_dtype(dtype), param_dtype=jnp.float32, rngs=rngs)
+  constructor = get_constructor(name)
+  try:
+    return constructor(**cfg, dtype=get_dtype(dtype), param_dtype=jnp.float32, rngs=rngs)
+  except (TypeError, ValueError) as e:  # a config value of the wrong kind: say which settings it came from
+    if str(e).startswith("config."):
+      raise
+    raise ValueError(f"config.model (model {name!r}): {e}") from e

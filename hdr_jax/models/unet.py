@@ -59,6 +59,13 @@ def _avg_pool(x, k: int):
   return x.reshape(b, h // k, k, w // k, k, c).mean(axis=(2, 4))
 
 
+def _ints(field: str, values) -> tuple[int, ...]:
+  try:
+    return tuple(int(v) for v in values)
+  except (TypeError, ValueError):
+    raise ValueError(f"config.model.{field}: expected a tuple of integers such as (1, 2, 2), got {values!r}") from None
+
+
 def _groups(channels: int, groups: int) -> int:
   return math.gcd(channels, groups)
 
@@ -250,9 +257,9 @@ class UNet(nnx.Module):
                cond_vam_drdb=None, cond_conv_hidden: int = 64, gn_stats: str = "group", dtype=jnp.float32,
                param_dtype=jnp.float32,
                rngs: nnx.Rngs):
-    ch_mult = tuple(int(m) for m in ch_mult)
+    ch_mult = _ints("ch_mult", ch_mult)
     levels = len(ch_mult)
-    attn_levels = (levels - 1,) if attn_levels is None else tuple(int(a) for a in attn_levels)
+    attn_levels = (levels - 1,) if attn_levels is None else _ints("attn_levels", attn_levels)
     if conditional and cond_encoder not in COND_ENCODERS:
       raise ValueError(f"config.model.cond_encoder: unknown {cond_encoder!r}; choose one of {COND_ENCODERS}")
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
