@@ -147,6 +147,13 @@ def _parse_flags(argv):
 
   from absl import app
 
+  for i, a in enumerate(argv[1:], start=1):  # ml_collections reports a missing file as 'config_config'
+    value = a[len("--config="):] if a.startswith("--config=") else (
+        argv[i + 1] if a == "--config" and i + 1 < len(argv) else None)
+    if value and not Path(value.split(":", 1)[0]).is_file():
+      print(f"error: --config={value}: {value.split(':', 1)[0]} is not a file (a config file such as "
+            f"configs/ahdrnet.py, optionally with ':ARG')", file=sys.stderr, flush=True)
+      sys.exit(1)
   try:
     return app.parse_flags_with_usage(argv)
   except (AttributeError, KeyError) as e:

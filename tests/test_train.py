@@ -132,10 +132,12 @@ def test_bad_data_folder_fails_before_training(tmp_path):
     ("--config.optimizer.learning_rat=1", "error: --config.optimizer.learning_rat: the config has no field "
                                           "'learning_rat'"),
     ("--config.model.input_domain=log", "error: config.model (model 'ahdrnet'): input_domain must be"),
+    ("--config=configs/nope.py", "error: --config=configs/nope.py: configs/nope.py is not a file"),
 ])
 def test_a_bad_config_override_is_one_line_naming_it(tmp_path, override, message):
-  """A mistyped --config key (ml_collections raised it as a traceback from flag parsing) and a bad
-  model setting: one error line naming the key or the settings, exit code 1, nothing written."""
+  """A mistyped --config key or a missing config file (ml_collections raised both as tracebacks from
+  flag parsing, the file as 'config_config') and a bad model setting: one error line naming the key,
+  file or settings, exit code 1, nothing written."""
   proc = train(tmp_path / "w", tmp_path / "cache", override, check=False)
   assert proc.returncode == 1
   assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
