@@ -44,6 +44,21 @@ def _abstract(tree, sharding=None):
   return jax.tree.map(leaf, tree)
 
 
+_READ_ONLY_WARNINGS = ("Given directory is read only=", "CheckpointManagerOptions.read_only=True")
+
+
+def _silence_read_only_warnings() -> None:
+  from absl import logging as absl_logging
+
+  logger = absl_logging.get_absl_logger()
+  if not any(getattr(f, "_hdr_jax_read_only", False) for f in logger.filters):
+    def keep(record) -> bool:
+      return not record.getMessage().startswith(_READ_ONLY_WARNINGS)
+
+    keep._hdr_jax_read_only = True
+    logger.addFilter(keep)
+
+
 class Checkpoints:
   """Save/restore ``(state, meta, data iterator)`` per step."""
 
@@ -55,6 +70,8 @@ class Checkpoints:
         ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: m[best_metric], n=1,
                                       keep_checkpoints_without_metrics=False),
     ])
+    if read_only:  # orbax warns on every read-only open that it is read-only: not news to an
+      _silence_read_only_warnings()  # evaluate or predict run, which only reads
     options = ocp.CheckpointManagerOptions(
         preservation_policy=None if read_only else policy, create=not read_only, read_only=read_only,
         enable_async_checkpointing=False)
