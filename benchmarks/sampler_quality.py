@@ -5,7 +5,10 @@ workdir already holds a checkpoint), then evaluates the same checkpoint on the s
 with each sampler of ``--samplers`` (``ddpm`` = all T ancestral steps, ``ddim:N:ETA`` = N DDIM steps
 with that eta, ``ddim:N`` = eta 0) and each sampling seed of ``--seeds``, through ``hdr_jax.evaluate.run``. Prints PSNR-mu /
 PSNR-L (mean over scenes, then mean and spread over seeds) with the medium-frame baseline, the gap of
-each sampler to the first one (the reference), and wall seconds per scene; writes JSON.
+each sampler to the first one (the reference), and wall seconds per scene; writes JSON. The evaluations
+share one persistent XLA compilation cache (``<workdir>/xla_cache``): a sampler's later seeds load its
+compiled program instead of compiling it again (tiny CPU check, DDIM-5 over two seeds: 10.6 s per
+scene on average against 20.3 s without the cache).
 
   python benchmarks/sampler_quality.py --workdir=/tmp/sq --train_steps=3000 --val_scenes=8    # GPU
   python benchmarks/sampler_quality.py --workdir=/tmp/sq --train_steps=4 --val_scenes=1 \
@@ -83,7 +86,8 @@ def main(argv=None):
             "rows": rows}
   for smp in samplers:
     for seed in seeds:
-      overrides = {"sampler.name": smp["name"], "sampler.eta": smp["eta"], "seed": seed}
+      overrides = {"sampler.name": smp["name"], "sampler.eta": smp["eta"], "seed": seed,
+                   "compilation_cache": str(Path(args.workdir) / "xla_cache")}
       if smp["steps"]:
         overrides["sampler.steps"] = smp["steps"]
       start = time.perf_counter()
