@@ -24,10 +24,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import quality  # noqa: E402  (benchmarks/quality.py)
 
-# One worker runs this module under `pytest -n 2 --dist loadgroup` (the README's command), so the
-# module-scoped quality_run fixture (~3 minutes of training on CI) is made once, not once per worker.
-pytestmark = pytest.mark.xdist_group("ldae_quality_run")
-
 SMALL_STEM = dict(drdb_blocks=1, drdb_channels=8, drdb_growth=4, drdb_layers=2)  # quality.py --widths=small
 
 
