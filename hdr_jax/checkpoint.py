@@ -14,6 +14,7 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 from flax import nnx
 
 from hdr_jax import io as hio
@@ -47,16 +48,9 @@ def _abstract(tree, sharding=None):
 _READ_ONLY_WARNINGS = ("Given directory is read only=", "CheckpointManagerOptions.read_only=True")
 
 
-def _silence_read_only_warnings() -> None:
-  from absl import logging as absl_logging
-
-  logger = absl_logging.get_absl_logger()
-  if not any(getattr(f, "_hdr_jax_read_only", False) for f in logger.filters):
-    def keep(record) -> bool:
-      return not record.getMessage().startswith(_READ_ONLY_WARNINGS)
-
-    keep._hdr_jax_read_only = True
-    logger.addFilter(keep)
+def _not_a_read_only_notice(record) -> bool:
+  """absl log filter: drops orbax's warnings that a checkpoint folder is opened read-only."""
+  return not record.getMessage().startswith(_READ_ONLY_WARNINGS)
 
 
 class Checkpoints:
@@ -70,8 +64,10 @@ class Checkpoints:
         ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: m[best_metric], n=1,
                                       keep_checkpoints_without_metrics=False),
     ])
-    if read_only:  # orbax warns on every read-only open that it is read-only: not news to an
-      _silence_read_only_warnings()  # evaluate or predict run, which only reads
+    if read_only:
+      # Orbax warns on every read-only open that it is read-only: not news to an evaluate or predict
+      # run, which only reads. (addFilter adds a filter once.)
+      absl_logging.get_absl_logger().addFilter(_not_a_read_only_notice)
     options = ocp.CheckpointManagerOptions(
         preservation_policy=None if read_only else policy, create=not read_only, read_only=read_only,
         enable_async_checkpointing=False)
