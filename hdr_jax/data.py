@@ -68,7 +68,7 @@ class NtireSource:
     raw = io.read_scene_stored(self.scenes[index])
     out = {"frames": raw["frames"], "exposures": raw["exposures"], "id": raw["id"], "index": int(index)}
     if "gt_png16" in raw:
-      out["gt"] = raw["gt_png16"] / raw["alignratio"]
+      out["gt"] = io.png16_to_hdr(raw["gt_png16"], raw["alignratio"])
     return out
 
   def describe(self, index: int) -> str:

@@ -195,11 +195,16 @@ def read_alignratio(path) -> np.float32:
   return a
 
 
+def png16_to_hdr(png16: np.ndarray, alignratio) -> np.ndarray:
+  """The official reader's arithmetic: ``png16 (uint16 RGB) / float32 alignratio`` -> float32
+  gamma-domain HDR. Every reader of the NTIRE target (files, tiles, the ArrayRecord dataset) uses it."""
+  return png16 / alignratio
+
+
 def read_hdr_png16(png_path, alignratio_path) -> np.ndarray:
-  """The NTIRE HDR encoding, decoded exactly as the official reader does:
-  ``png16 (RGB) / float32(alignratio)`` -> float32 gamma-domain HDR."""
+  """The NTIRE HDR encoding, decoded exactly as the official reader does (:func:`png16_to_hdr`)."""
   align = read_alignratio(alignratio_path)
-  return _decode_png(png_path, 16) / align
+  return png16_to_hdr(_decode_png(png_path, 16), align)
 
 
 def write_hdr_png16(png_path, alignratio_path, hdr) -> None:
@@ -416,7 +421,7 @@ def validate_folder(folder, require_gt: bool = False, decode: bool | None = None
 def read_scene_stored(scene: SceneFiles, with_gt: bool = True) -> dict:
   """One scene's arrays as stored, sizes checked: ``{'id', 'frames': (3, H, W, 3) uint8, 'exposures': (3,)}``
   and, with a target (``with_gt``), ``'gt_png16': (H, W, 3) uint16`` and its float32 ``'alignratio'``
-  (the gamma-domain target is ``gt_png16 / alignratio``, the official reader's arithmetic)."""
+  (the gamma-domain target is :func:`png16_to_hdr` of the two)."""
   frames = [read_ldr_png_uint8(p) for p in scene.frames]
   for p, f in zip(scene.frames[1:], frames[1:]):
     if f.shape != frames[0].shape:
@@ -439,7 +444,7 @@ def read_scene(scene: SceneFiles, with_gt: bool = True) -> dict:
   out = {"id": raw["id"], "frames": raw["frames"].astype(np.float32) / np.float32(255.0),
          "exposures": raw["exposures"]}
   if "gt_png16" in raw:
-    out["gt"] = raw["gt_png16"] / raw["alignratio"]
+    out["gt"] = png16_to_hdr(raw["gt_png16"], raw["alignratio"])
   return out
 
 

@@ -131,7 +131,7 @@ class NtireHdr(tfds.core.GeneratorBasedBuilder, skip_registration=__name__ == "_
     for i, scene in enumerate(scenes):
       raw = io.read_scene_stored(scene)
       if scene.has_gt:
-        gt = raw["gt_png16"] / raw["alignratio"]
+        gt = io.png16_to_hdr(raw["gt_png16"], raw["alignratio"])
       else:  # tfds cannot decode an empty bytes tensor, hence a placeholder and a flag
         gt = np.zeros((1, 1, 3), np.float32)
       yield i * step, {"frames": raw["frames"], "exposures": raw["exposures"], "gt": gt,

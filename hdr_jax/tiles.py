@@ -212,7 +212,7 @@ class _TiledImages:
       finally:
         os.close(fd)
     if self._scale is not None:
-      out = out / self._scale
+      out = io.png16_to_hdr(out, self._scale)
     return out if self._stacked else out[0]
 
   def _decode(self, blob: bytes, ty: int, tx: int, image: int) -> np.ndarray:
