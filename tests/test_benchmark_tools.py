@@ -54,6 +54,9 @@ def test_profile_step_traces_and_summarises_a_unet_forward(tmp_path):
                      ("cudnn-conv-bias-activation.1", "conv"), ("input_reduce_fusion_9", "reduce"),
                      ("wrapped_concatenate_4", "concatenate"), ("nvjet_sm90_tst_64x512", "gemm")):
     assert profile_step.kind_of(name) == kind, name
+  (tmp_path / "a_file").write_text("")
+  with pytest.raises(SystemExit, match="a_file: exists and is not a directory"):
+    profile_step.main([f"--out={tmp_path / 'a_file'}"])  # refused before the target is built
 
 
 def test_sampler_quality_parses_samplers():
@@ -88,6 +91,7 @@ def test_sampler_quality_tiny(tmp_path):
   assert np.isclose(summary["ddim-5 eta 1"]["psnr_mu"], np.mean(ddim))
   assert np.isclose(summary["ddim-5 eta 1"]["gap_to_reference_db"], np.mean(ddim) - summary["ddpm (all T)"]["psnr_mu"])
   assert np.isfinite(report["baseline"]["psnr_mu"]) and "ddim-5 eta 1" in proc.stdout
+  assert any((tmp_path / "run" / "xla_cache").iterdir())  # the evaluations' shared compilation cache
 
 
 def test_models_benchmark_variants_and_phase_order(tmp_path, capsys):
