@@ -96,6 +96,10 @@ def main(argv=None):
       rows.append({"sampler": smp["label"], "seed": seed, "s_per_scene": took / len(res["scenes"]),
                    "scenes": len(res["scenes"]), **res["mean"]})
       common.write_json(args.json, report)
+      # One line per evaluation, so that a run cut short by a time limit still shows what it finished.
+      print(f"sampler quality: {smp['label']}, seed {seed}: PSNR-mu {res['mean']['psnr_mu']:.2f} dB, "
+            f"PSNR-L {res['mean']['psnr_l']:.2f} dB, {took:.1f} s for {len(res['scenes'])} scenes "
+            f"(compilation included)", flush=True)
 
   ref = samplers[0]["label"]
   agg = {}
