@@ -14,11 +14,13 @@ For every model (a config in ``configs/``) and dtype (``config.dtype``), in this
   the host's resident memory over it (sampled; compilation included) instead, and every row also
   carries XLA's static buffer sizes;
 * model FLOPs counted from the jaxpr (``common.model_flops``: 2 per multiply-accumulate of every
-  convolution and matrix product) of the engine's predict, per frame; per train step 3 x the forward
-  at the train batch. XLA's own cost analyses (``flops_xla`` of the executable, ``flops_xla_hlo`` of
-  the lowered program) stay in the JSON, flagged ``*`` when they differ by > 25 %: a GPU executable's
-  analysis omits the convolutions that run as cuDNN calls. MFU = FLOPs / time / peak, the peak
-  measured per dtype with a large matmul (``--peak_tflops=auto``) or given (``--peak_tflops=989`` or
+  convolution and matrix product): per frame, of the engine's predict; per train step, of the train
+  step's own jaxpr, forward and backward (``flops_3x_forward``, the usual estimate, stays in the JSON
+  beside it; for the regression models at benchmark sizes the two agree to within 1 %). XLA's own cost
+  analyses (``flops_xla`` of the executable, ``flops_xla_hlo`` of the lowered program) stay in the
+  JSON, flagged ``*`` when they differ by > 25 %: a GPU executable's analysis omits the convolutions
+  that run as cuDNN calls. MFU = FLOPs / time / peak, the peak measured per dtype with a large matmul
+  (``--peak_tflops=auto``) or given (``--peak_tflops=989`` or
   ``--peak_tflops=float32=495,bfloat16=989``).
 
 ``--torch``: the official PyTorch AHDRNet (tests/torch_ahdr_reference.py) on the same device (CUDA if
@@ -118,15 +120,17 @@ def split_model_spec(spec: str, overrides: dict) -> tuple[str, dict]:
 
 
 def load_config(name: str, dtype: str, batch: int, patch: int, overrides: dict):
-  """``configs/<name>.py``'s config with ``dtype``, ``batch_size``, ``data.patch_size`` and ``--set``."""
+  """``configs/<name>.py``'s config (``NAME:ARG``: its variant ``get_config(ARG)``, as ``diffusion:full``)
+  with ``dtype``, ``batch_size``, ``data.patch_size`` and ``--set``."""
   from hdr_jax import engine as engine_lib
 
   from hdr_jax import config_base
 
-  path = ROOT / "configs" / f"{name}.py"
+  stem, _, arg = name.partition(":")
+  path = ROOT / "configs" / f"{stem}.py"
   if not path.is_file():
     raise FileNotFoundError(f"--models={name}: no config {path}")
-  config = config_base.load_config_file(path)
+  config = config_base.load_config_file(path, arg)
   config.dtype = dtype
   config.batch_size = batch
   config.data.patch_size = patch
@@ -186,15 +190,20 @@ def jax_train(name: str, dtype: str, args, overrides: dict) -> dict:
     t = common.time_repeats(step, repeats=args.repeats, warmup=args.warmup, iters=args.iters, sync=sync)
     metrics = jax.device_get(step())
   peak = common.peak_bytes(dev)
-  # Model FLOPs = 3 x the forward of the same batch, counted from its jaxpr (convolutions and matrix
-  # products; nothing compiled). XLA's own counts stay in the JSON: on GPU they omit cuDNN convolutions.
+  # Model FLOPs: the convolutions and matrix products of the train step's own jaxpr, forward and backward
+  # (nothing compiled). For a regression model this is the usual 3 x forward less the input gradients
+  # nobody needs (0.24 % less for AHDRNet). Unlike 3 x forward it also holds for the GAN, whose step
+  # trains a discriminator too, and for the DDPM, whose predict is a whole sampler. 3 x forward and
+  # XLA's own counts (which omit cuDNN convolutions on GPU) stay in the JSON.
+  flops_train = common.model_flops(eng._train, holder["state"], batch, key)
   flops_fwd = common.model_flops(eng._make_predict(), holder["state"], batch["frames"], batch["exposures"], key)
   flops_xla = common.cost_flops(compiled)
   out = {"ms_per_step": 1e3 * t["median_s"], "steps_per_s": 1 / t["median_s"],
          "crops_per_s": args.batch / t["median_s"], "min_ms": 1e3 * t["min_s"], "max_ms": 1e3 * t["max_s"],
          "first_call_s": first_s,
          "compile_s": max(0.0, first_s - t["median_s"]), "init_s": init_s, "timing": t,
-         "flops": 3 * flops_fwd if flops_fwd else flops_xla, "flops_forward": flops_fwd, "flops_xla": flops_xla,
+         "flops": flops_train or (3 * flops_fwd if flops_fwd else flops_xla), "flops_train_jaxpr": flops_train,
+         "flops_forward": flops_fwd, "flops_3x_forward": 3 * flops_fwd if flops_fwd else None, "flops_xla": flops_xla,
          "flops_xla_hlo": common.cost_flops(lowered),
          "xla_memory": common.xla_memory(compiled), "peak_bytes": peak, "rss_growth_bytes": rss.growth,
          "peak_set_here": None if peak is None else (peak_before is None or peak > peak_before),
@@ -562,8 +571,8 @@ def format_report(report: dict) -> str:
          "GFLOP/frame", "MFU %", "train mem", "frame mem", "JAX/PT speed train/frame", ""], table_rows))
     lines += [
         "compile s: first call - one call (JAX: trace + XLA compile; torch: cuDNN autotuning, torch.compile).",
-        "GFLOP/step: 3 x forward; GFLOP/frame: model FLOPs from the jaxpr (*: XLA's counts flops_xla/flops_xla_hlo in the "
-        "JSON differ); torch: FlopCounterMode (convs/matmuls only).",
+        "GFLOP/step (forward and backward) and GFLOP/frame: model FLOPs from the jaxpr (*: XLA's counts "
+        "flops_xla/flops_xla_hlo in the JSON differ); torch: FlopCounterMode (convs/matmuls only).",
         "mem: device peak ('<=': the process high-water mark, set by an earlier phase); rss+: host resident-memory "
         "growth over the phase, compilation included; ~: XLA's static estimate.",
         "JAX/PT speed: JAX throughput / PyTorch throughput = PyTorch time / JAX time (> 1: JAX faster; "
@@ -644,7 +653,8 @@ def _finite(r: dict) -> bool:
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--models", default="ahdrnet,vam,vam_drdb",
-                 help="configs/<name>.py, comma-separated; NAME@KEY=VALUE[@KEY=VALUE] adds overrides for that entry "
+                 help="configs/<name>.py, comma-separated; NAME:ARG takes the config's variant get_config(ARG) "
+                      "(e.g. diffusion:full); NAME@KEY=VALUE[@KEY=VALUE] adds overrides for that entry "
                       "(e.g. ahdrnet@model.dense_form=scatter)")
   p.add_argument("--dtypes", default="float32,bfloat16")
   p.add_argument("--batch", type=int, default=8)
