@@ -1,26 +1,31 @@
 #!/usr/bin/env bash
 # The prepared benchmark run for the lent GPU machine (H100/H200, 16 cores, no network), ~9 minutes wall,
-# in this order (what the last runs did not measure first; the H100 run of 2026-11-26 measured AHDRNet,
-# the VAM frames, the tiles pipeline and the DDPM loop, so those come later):
-#   1. benchmarks/models.py, VAM+DRDB and HDR-VAM (MODELS_B, DTYPES_B: bfloat16; MODELS_B_PHASES: the
-#      train steps first, whose compilation is the slow part, then the full frames);
-#   2. benchmarks/sampler_quality.py: train the small conditional DDPM, then DDIM-50 (eta 1, eta 0) vs
-#      1000 ancestral;
-#   3. benchmarks/models.py, AHDRNet (MODELS, DTYPES: bfloat16, float32; add variants such as
+# in this order (what the last runs did not measure first: the H100 runs of 2026-11-26 measured AHDRNet,
+# HDR-VAM and VAM+DRDB (train steps and frames), the tiles pipeline and the DDPM loop, so those come later):
+#   1. benchmarks/models.py, the other model families' train steps: the `full` DDPM U-Net, l-DAE
+#      pretraining and the GAN (MODELS_B, DTYPES_B: bfloat16; MODELS_B_PHASES: train; a DDPM "frame" would
+#      be a whole 1000-step tiled sample of 1060x1900);
+#   2. benchmarks/profile_step.py on PROFILE_TARGET in PROFILE_DTYPE (default: VAM+DRDB's bf16 train step,
+#      the main regression model, at 5.8 % MFU on the H100; AHDRNet's fp32 step was profiled last time);
+#   3. benchmarks/sampler_quality.py: train the small conditional DDPM, then DDIM-50 (eta 1) vs 1000
+#      ancestral steps; each evaluation is printed as it ends, and the training's metrics.jsonl is kept
+#      (in the last run, training and the first evaluation took more than 230 s together);
+#   4. benchmarks/models.py, AHDRNet (MODELS, DTYPES: bfloat16, float32; add variants such as
 #      ahdrnet@model.dense_form=concat): JAX train step (batch 8 x 256^2), full-frame inference
 #      (1060x1900), FLOPs/MFU, peak memory; the official PyTorch AHDRNet beside it (when torch imports);
-#   4. the input pipeline's delivered crops/s (tiles, prepared ArrayRecord, PNG; 1 crop per scene) against
-#      the fastest train step of step 3;
-#   5. benchmarks/diffusion_sampling.py: DDPM sampling at 8 x 128^2, T=1000, bf16, the `full` U-Net
+#   5. the input pipeline's delivered crops/s (tiles, prepared ArrayRecord, PNG; 1 crop per scene) against
+#      the fastest train step of step 4;
+#   6. benchmarks/diffusion_sampling.py: DDPM sampling at 8 x 128^2, T=1000, bf16, the `full` U-Net
 #      (DIFFUSION_ARGS), compiled loop vs Python stepping vs eager PyTorch, DDIM-50, MFU against a
 #      measured peak;
-#   6. benchmarks/profile_step.py on AHDRNet's float32 train step (where its time goes), then, if time is
-#      left, the compiled sampling loop again with XLA's command buffers (CUDA graphs) for while loops and
-#      with GroupNorm statistics reduced per channel (model.gn_stats).
+#   7. if time is left, the compiled sampling loop again with XLA's command buffers (CUDA graphs) for
+#      while loops and with GroupNorm statistics reduced per channel (model.gn_stats).
+# With the default BUDGET steps 4-7 are skipped (they were all measured on the H100 on 2026-11-26); set
+# SKIP=models_b,profile,quality to measure them.
 # Each step runs under `timeout` inside an overall budget; a failed or timed-out step is recorded and the
 # rest goes on. Everything lands in $OUT: models.json, models_b.json, pipeline.json,
 # diffusion_sampling.json, diffusion_gnstats.json, diffusion_cmdbuf.json, sampler_quality.json,
-# profile_train_ahdrnet_fp32/summary.json, status.jsonl and gpu.log (all output); a short table is printed last.
+# profile/summary.json, sampler_quality_metrics.jsonl, status.jsonl and gpu.log (all output); a short table is printed last.
 # One JAX compilation cache (JAX_COMPILATION_CACHE_DIR, with XLA's per-fusion autotuning results) is
 # shared by every step, so a convolution shape autotuned once is not autotuned again: later steps'
 # compile times are those of a warm cache.
@@ -28,7 +33,8 @@
 # Device call (from the repository root; `.whl` made by `bash benchmarks/device_wheels.sh`, which adds
 # tensorboardX and tensorflow-datasets to ../shared/device/wheels.sh's set, and named in carry):
 #   bash benchmarks/gpu.sh
-# Knobs (environment): BUDGET (560 s), MODELS, DTYPES, MODELS_B, DTYPES_B, MODELS_B_PHASES, BATCH, PATCH, HEIGHT, WIDTH,
+# Knobs (environment): BUDGET (560 s), MODELS, DTYPES, MODELS_B, DTYPES_B, MODELS_B_PHASES, PROFILE_TARGET,
+# PROFILE_DTYPE, BATCH, PATCH, HEIGHT, WIDTH,
 # REPEATS, *_TIMEOUT, MODELS_DEADLINE, and extra flags MODELS_ARGS (e.g. "--torch_compile"), PIPELINE_ARGS,
 # DIFFUSION_ARGS, QUALITY_ARGS, CMDBUF_ARGS (also used by gnstats); SKIP (comma-separated step names:
 # models, pipeline, models_b, diffusion, gnstats, cmdbuf, quality, profile).
@@ -57,9 +63,9 @@ OUT=${OUT:-$PWD/benchmarks/out/gpu}
 BUDGET=${BUDGET:-560}                  # seconds for the whole script; each step's timeout fits inside it
 MODELS=${MODELS:-ahdrnet}
 DTYPES=${DTYPES:-bfloat16,float32}
-MODELS_B=${MODELS_B:-vam_drdb,vam}
+MODELS_B=${MODELS_B:-diffusion:full,ldae,gan}
 DTYPES_B=${DTYPES_B:-bfloat16}
-MODELS_B_PHASES=${MODELS_B_PHASES:-train,infer}
+MODELS_B_PHASES=${MODELS_B_PHASES:-train}
 BATCH=${BATCH:-8}
 PATCH=${PATCH:-256}
 HEIGHT=${HEIGHT:-1060}
@@ -70,15 +76,17 @@ MODELS_DEADLINE=${MODELS_DEADLINE:-100}  # at most; less when the budget or MODE
 MODELS_B_TIMEOUT=${MODELS_B_TIMEOUT:-200}
 PIPELINE_TIMEOUT=${PIPELINE_TIMEOUT:-75}
 DIFFUSION_TIMEOUT=${DIFFUSION_TIMEOUT:-80}
-QUALITY_TIMEOUT=${QUALITY_TIMEOUT:-180}  # 3000 training steps did not finish in 87 s on the H100
-PROFILE_TIMEOUT=${PROFILE_TIMEOUT:-45}
+QUALITY_TIMEOUT=${QUALITY_TIMEOUT:-230}
+PROFILE_TIMEOUT=${PROFILE_TIMEOUT:-120}  # VAM+DRDB's bf16 train step compiled in 82 s
+PROFILE_TARGET=${PROFILE_TARGET:-train:vam_drdb}
+PROFILE_DTYPE=${PROFILE_DTYPE:-bfloat16}
 CMDBUF_TIMEOUT=${CMDBUF_TIMEOUT:-45}
 GNSTATS_TIMEOUT=${GNSTATS_TIMEOUT:-45}
 MODELS_ARGS=${MODELS_ARGS:-}
 PIPELINE_ARGS=${PIPELINE_ARGS:---crops_per_scene=1}
 DIFFUSION_ARGS=${DIFFUSION_ARGS:---size=full --dtype=bfloat16 --repeats=2 --torch_steps=20}
 CMDBUF_ARGS=${CMDBUF_ARGS:---size=full --dtype=bfloat16 --repeats=2}
-QUALITY_ARGS=${QUALITY_ARGS:---train_steps=3000 --val_scenes=8 --seeds=0,1 --samplers=ddpm,ddim:50:1,ddim:50:0 \
+QUALITY_ARGS=${QUALITY_ARGS:---train_steps=3000 --val_scenes=8 --seeds=0 --samplers=ddpm,ddim:50:1 \
 --set=batch_size=32 --set=data.num_workers=4}
 SKIP=${SKIP:-}
 
@@ -149,9 +157,14 @@ step models_b "$MODELS_B_TIMEOUT" "$PY" benchmarks/models.py --models="$MODELS_B
   --phases="$MODELS_B_PHASES" --phase_major \
   --deadline_s="$(deadline "$MODELS_B_TIMEOUT" "$MODELS_B_TIMEOUT")" --json="$OUT/models_b.json" $MODELS_ARGS
 
+# Where a step's device time goes: every kernel of a few steps, grouped (convolutions, copies, fusions).
+step profile "$PROFILE_TIMEOUT" "$PY" benchmarks/profile_step.py --target="$PROFILE_TARGET" --dtype="$PROFILE_DTYPE" \
+  --batch="$BATCH" --patch="$PATCH" --steps=5 --top=30 --out="$OUT/profile"
+
 # shellcheck disable=SC2086
 step quality "$QUALITY_TIMEOUT" "$PY" benchmarks/sampler_quality.py --workdir=/tmp/hdr_sampler_quality \
   --json="$OUT/sampler_quality.json" $QUALITY_ARGS
+cp /tmp/hdr_sampler_quality/metrics.jsonl "$OUT/sampler_quality_metrics.jsonl" 2> /dev/null
 
 # shellcheck disable=SC2086  # *_ARGS are word lists on purpose
 step models "$MODELS_TIMEOUT" "$PY" benchmarks/models.py --models="$MODELS" --dtypes="$DTYPES" --batch="$BATCH" \
@@ -167,11 +180,6 @@ step pipeline "$PIPELINE_TIMEOUT" "$PY" benchmarks/models.py --models= --pipelin
 # shellcheck disable=SC2086  # *_ARGS are word lists on purpose
 step diffusion "$DIFFUSION_TIMEOUT" "$PY" benchmarks/diffusion_sampling.py --json="$OUT/diffusion_sampling.json" \
   --peak_tflops=auto $DIFFUSION_ARGS
-
-# Where AHDRNet's float32 train step goes (issue 3's open gap: 1.41x PyTorch against 1.5x): every kernel
-# of a few steps, grouped (convolutions, copies, fusions). The step's shapes are in the warm cache.
-step profile "$PROFILE_TIMEOUT" "$PY" benchmarks/profile_step.py --target=train:ahdrnet --dtype=float32 \
-  --batch="$BATCH" --patch="$PATCH" --steps=5 --top=30 --out="$OUT/profile_train_ahdrnet_fp32"
 
 # The compiled sampling loop with XLA's while loops recorded as CUDA graphs (command buffers).
 # shellcheck disable=SC2086
