@@ -15,8 +15,8 @@ For every model (a config in ``configs/``) and dtype (``config.dtype``), in this
   carries XLA's static buffer sizes;
 * model FLOPs counted from the jaxpr (``common.model_flops``: 2 per multiply-accumulate of every
   convolution and matrix product): per frame, of the engine's predict; per train step, of the train
-  step's own jaxpr, forward and backward (``flops_3x_forward``, the usual estimate, stays in the JSON
-  beside it; for the regression models at benchmark sizes the two agree to within 1 %). XLA's own cost
+  step's own jaxpr, forward and backward (``flops_forward`` stays in the JSON beside it: 3 x that, the
+  usual estimate, agrees to within 1 % for the regression models at benchmark sizes). XLA's own cost
   analyses (``flops_xla`` of the executable, ``flops_xla_hlo`` of the lowered program) stay in the
   JSON, flagged ``*`` when they differ by > 25 %: a GPU executable's analysis omits the convolutions
   that run as cuDNN calls. MFU = FLOPs / time / peak, the peak measured per dtype with a large matmul
@@ -193,8 +193,8 @@ def jax_train(name: str, dtype: str, args, overrides: dict) -> dict:
   # Model FLOPs: the convolutions and matrix products of the train step's own jaxpr, forward and backward
   # (nothing compiled). For a regression model this is the usual 3 x forward less the input gradients
   # nobody needs (0.24 % less for AHDRNet). Unlike 3 x forward it also holds for the GAN, whose step
-  # trains a discriminator too, and for the DDPM, whose predict is a whole sampler. 3 x forward and
-  # XLA's own counts (which omit cuDNN convolutions on GPU) stay in the JSON.
+  # trains a discriminator too, and for the DDPM, whose predict is a whole sampler. The forward's count
+  # and XLA's own counts (which omit cuDNN convolutions on GPU) stay in the JSON.
   flops_train = common.model_flops(eng._train, holder["state"], batch, key)
   flops_fwd = common.model_flops(eng._make_predict(), holder["state"], batch["frames"], batch["exposures"], key)
   flops_xla = common.cost_flops(compiled)
@@ -203,7 +203,7 @@ def jax_train(name: str, dtype: str, args, overrides: dict) -> dict:
          "first_call_s": first_s,
          "compile_s": max(0.0, first_s - t["median_s"]), "init_s": init_s, "timing": t,
          "flops": flops_train or (3 * flops_fwd if flops_fwd else flops_xla), "flops_train_jaxpr": flops_train,
-         "flops_forward": flops_fwd, "flops_3x_forward": 3 * flops_fwd if flops_fwd else None, "flops_xla": flops_xla,
+         "flops_forward": flops_fwd, "flops_xla": flops_xla,
          "flops_xla_hlo": common.cost_flops(lowered),
          "xla_memory": common.xla_memory(compiled), "peak_bytes": peak, "rss_growth_bytes": rss.growth,
          "peak_set_here": None if peak is None else (peak_before is None or peak > peak_before),
