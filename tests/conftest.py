@@ -1,9 +1,25 @@
 """Shared pytest fixtures: small synthetic NTIRE data written with the project's own writers."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from hdr_jax import io
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# The six real HDR photographs lie beside the repository (never inside it): ../shared/data/hdr.
+SHARED_HDR = REPO_ROOT.parent / "shared" / "data" / "hdr"
+
+
+@pytest.fixture(scope="session")
+def shared_hdr_files():
+  """The shared real radiance maps (``../shared/data/hdr/*.exr`` from the repository root), sorted by
+  name. Where they are missing the test is skipped with that reason, which CI refuses (.ci/run)."""
+  files = sorted(SHARED_HDR.glob("*.exr"))
+  if not files:
+    pytest.skip(f"no .exr photographs in {SHARED_HDR} (the shared data beside the repository)")
+  return files
 
 
 @pytest.fixture
@@ -17,3 +33,42 @@ def tiny_scene_dir(tmp_path):
     gt = rng.uniform(0.0, 1.6, (24, 32, 3)).astype(np.float32)
     io.write_scene(folder, sid, frames, [-2.0, 0.0, 2.0], gt)
   return folder
+
+
+# --------------------------------------------------------------------------------------------------
+# CI's skip policy: `--strict-skips` (used by .ci/run) fails the run when a test skips for a reason
+# that is not on this short allow-list. Everything CI needs is installed there, so any other skip
+# means a test silently did not run.
+# --------------------------------------------------------------------------------------------------
+
+ALLOWED_SKIPS = ("needs a GPU", "needs a TPU")
+_disallowed_skips: list[str] = []
+
+
+def pytest_addoption(parser):
+  parser.addoption("--strict-skips", action="store_true",
+                   help=f"fail the run when a test skips for a reason not containing one of {ALLOWED_SKIPS}")
+
+
+def pytest_runtest_logreport(report):
+  if report.skipped and not hasattr(report, "wasxfail"):
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    if not any(a in reason for a in ALLOWED_SKIPS):
+      _disallowed_skips.append(f"{report.nodeid}: {reason}")
+
+
+pytest_collectreport = pytest_runtest_logreport  # a whole module skipped at import counts too
+
+
+def pytest_sessionfinish(session, exitstatus):
+  # The controller (or the only process) decides; pytest-xdist workers forward their reports to it.
+  if session.config.getoption("--strict-skips") and _disallowed_skips and not hasattr(session.config, "workerinput"):
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+  if config.getoption("--strict-skips") and _disallowed_skips:
+    terminalreporter.section("skips that CI does not allow", sep="=", red=True, bold=True)
+    for line in _disallowed_skips:
+      terminalreporter.line(line)
+    terminalreporter.line(f"{len(_disallowed_skips)} test(s) skipped; allowed reasons: {ALLOWED_SKIPS}")

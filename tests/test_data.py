@@ -157,8 +157,9 @@ def test_bad_arguments_and_inputs(source, folder, tmp_path):
 
 
 def test_iterator_state_resumes_exactly_through_orbax(source, tmp_path):
-  grain = pytest.importorskip("grain")
-  ocp = pytest.importorskip("orbax.checkpoint")
+  import grain
+  import orbax.checkpoint as ocp
+
   kw = dict(patch_size=P, global_batch_size=4, seed=7)
   it = data.make_train_iterator(source, **kw)
   _batches(it, 3)

@@ -103,22 +103,8 @@ def test_noise_lies_in_the_latent_subspace(basis):
   assert np.abs(_off_latent((odd - X[..., :30, :27, :])[..., :28, :24, :], components, P)).max() < 1e-5
 
 
-def _stand_in_radiance_maps(folder):
-  """Two real radiance maps when the shared data is there, else synthetic stand-ins (.exr)."""
-  hdr = sorted(Path("/work/shared/data/hdr").glob("*.exr"))[:2]
-  if len(hdr) == 2:
-    return hdr
-  from hdr_jax import io as hio
-
-  folder.mkdir(parents=True, exist_ok=True)
-  for i in range(2):
-    s = synthesize.synthesize_scene(100 + i, 64, 96)
-    hio.write_exr(folder / f"r{i}.exr", s["gt"] ** 2.24)
-  return sorted(folder.glob("*.exr"))
-
-
 @pytest.fixture(scope="module")
-def quality_run(tmp_path_factory):
+def quality_run(tmp_path_factory, shared_hdr_files):
   """``benchmarks/quality.py --tiny`` with 2 models, AHDRNet and VAM+DRDB with l-DAE pretraining: the
   l-DAE run (configs/ldae.py) and the fine-tuning from its feature extractor
   (config.init.feature_extractor) go through the real trainer; the tests below read its workdirs."""
@@ -126,7 +112,7 @@ def quality_run(tmp_path_factory):
   out = tmp / "q"
   env = {"HDR_JAX_CACHE": str(tmp / "cache"), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT),
          "JAX_PLATFORMS": "cpu"}
-  hdr = _stand_in_radiance_maps(tmp / "hdr")
+  hdr = shared_hdr_files[:2]
   proc = subprocess.run([sys.executable, "benchmarks/quality.py", "--tiny", "--models=ahdrnet,vam_drdb_ldae",
                          "--seeds=0", "--steps=16", "--levels=static,noise,hard", f"--out={out}", "--hdr",
                          *map(str, hdr)], cwd=ROOT, env=env,
@@ -228,20 +214,34 @@ def test_quality_benchmark_tiny(quality_run):
 
 
 def test_quality_figure_labels_wrap_to_the_column_instead_of_being_cut():
+  """The wrapping's properties, whatever the font metrics of the installed OpenCV: every line fits its
+  column (a line wider than the column is a single character), nothing is dropped or reordered, a label
+  that fits stays one line, and the wrapping is greedy (no line could have taken the next line's first
+  word or piece)."""
   from hdr_jax.io import cv2
 
+  def width_of(text):
+    return cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, quality.LABEL_SCALE, 1)[0][0]
+
   for name, width in (("ddpm (DDIM-50, eta 1)", 90), ("vam_drdb + l-DAE", 40), ("classical merge", 200),
-                      ("averyveryverylongwordwithoutspaces", 50)):
+                      ("averyveryverylongwordwithoutspaces", 50), ("a b", 1)):
     lines = quality.wrap_label(name, width)
-    assert "".join(lines).replace(" ", "") == name.replace(" ", "")  # nothing dropped
-    assert all(cv2.getTextSize(line, cv2.FONT_HERSHEY_SIMPLEX, quality.LABEL_SCALE, 1)[0][0] <= width
-               for line in lines)
-  assert quality.wrap_label("ddpm (DDIM-50, eta 1)", 90) == ["ddpm (DDIM-50, eta", "1)"]
-  assert quality.wrap_label("classical merge", 200) == ["classical merge"]
+    assert "".join(lines).replace(" ", "") == name.replace(" ", "")  # nothing dropped, order kept
+    assert all(width_of(line) <= width or len(line) == 1 for line in lines), (name, lines)
+    if width_of(name) <= width:
+      assert lines == [name]
+    else:
+      assert len(lines) > 1, (name, lines)
+    for line, following in zip(lines, lines[1:]):  # greedy: the next piece did not fit on this line
+      head = following.split()[0]
+      joined = f"{line} {head}" if name.find(f"{line} {head}") >= 0 else f"{line}{head[0]}"
+      assert width_of(joined) > width, (name, lines)
+  assert quality.wrap_label("", 50) == [""]
 
 
-def test_quality_train_hdr_is_used_for_training_and_kept_apart_from_the_held_out_maps(tmp_path, capsys):
-  a, b = _stand_in_radiance_maps(tmp_path / "hdr")
+def test_quality_train_hdr_is_used_for_training_and_kept_apart_from_the_held_out_maps(tmp_path, capsys,
+                                                                                      shared_hdr_files):
+  a, b = shared_hdr_files[:2]
   args = quality.parse_args(["--tiny", "--hdr", str(a), "--train_hdr", str(b), f"--out={tmp_path / 'q'}"])
   assert quality.base_config("ahdrnet", args, 0, 4).data.embedded.hdr_files == (str(b.absolute()),)
   assert quality._train_data({"train_hdr": [str(b)]}) == f"data synthesised from 1 radiance maps ({b.name})"

@@ -36,8 +36,8 @@ _TINY_DRDB = {"model.drdb_blocks": 1, "model.drdb_channels": 8, "model.drdb_grow
 _TINY_UNET = {"model.ch": 8, "model.ch_mult": (1, 2), "model.attn_levels": (1,), "model.head_dim": 8,
               "model.groups": 4, "model.cond_channels": 8, "model.cond_conv_hidden": 8,
               "optimizer.warmup_steps": 0, "sampler.steps": 2}
-# name -> (config file, modules it needs, tiny overrides). Families still being written are skipped
-# until their config and modules exist.
+# name -> (config file, modules it needs, tiny overrides). A missing config or a module that does not
+# import fails the test.
 CASES = {
     "ahdrnet": ("ahdrnet.py", ["hdr_jax.models.ahdrnet"], _TINY_AHDR),
     "vam": ("vam.py", ["hdr_jax.models.vam"], {}),
@@ -59,13 +59,9 @@ PREDICT_REL = 0.05
 def load_config(name: str, dtype: str):
   file, modules, tiny = CASES[name]
   path = ROOT / "configs" / file
-  if not path.is_file():
-    pytest.skip(f"configs/{file} does not exist yet")
+  assert path.is_file(), f"configs/{file} is missing"
   for m in modules:
-    try:
-      importlib.import_module(m)
-    except ImportError as e:
-      pytest.skip(f"{m} is not importable yet ({e})")
+    importlib.import_module(m)
   spec = importlib.util.spec_from_file_location(f"_hdr_jax_config_{name}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

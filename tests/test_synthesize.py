@@ -11,7 +11,6 @@ import pytest
 
 from hdr_jax import hdr_math, io, synthesize
 
-CARROTS = Path("/work/shared/data/hdr/Carrots.exr")
 
 
 def _bytes(folder):
@@ -110,12 +109,12 @@ def test_motion_creates_ghosts(seed):
   assert _ghost_fraction(moving) > 0.005
 
 
-@pytest.mark.skipif(not CARROTS.is_file(), reason=f"{CARROTS} not available")
-def test_real_radiance_map(tmp_path):
-  synthesize.synthesize_folder(tmp_path, 2, 48, 64, hdr_files=[CARROTS], seed=1, verbose=False)
+def test_real_radiance_map(tmp_path, shared_hdr_files):
+  carrots = next(f for f in shared_hdr_files if f.name == "Carrots.exr")
+  synthesize.synthesize_folder(tmp_path, 2, 48, 64, hdr_files=[carrots], seed=1, verbose=False)
   scenes = [io.read_scene(s) for s in io.validate_folder(tmp_path, require_gt=True, decode=True)]
   assert not np.array_equal(scenes[0]["frames"], scenes[1]["frames"])  # different crops
-  s = synthesize.synthesize_scene(synthesize.scene_rng(1, 0), 48, 64, hdr_source=CARROTS)
+  s = synthesize.synthesize_scene(synthesize.scene_rng(1, 0), 48, 64, hdr_source=carrots)
   np.testing.assert_array_equal(s["frames"].astype(np.float32) / 255, scenes[0]["frames"])
   mad, corr = _well_exposed_agreement(s)
   assert mad < 0.02 and corr > 0.98
