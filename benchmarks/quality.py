@@ -44,9 +44,11 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ("ahdrnet", "vam", "vam_drdb", "vam_drdb_ldae", "gan", "ddpm")
-CONFIGS = {"ahdrnet": "ahdrnet", "vam": "vam", "vam_drdb": "vam_drdb", "vam_drdb_ldae": "vam_drdb", "gan": "gan",
-           "ddpm": "diffusion"}
+MODELS = ("ahdrnet", "ahdrnet_merge", "vam", "vam_drdb", "vam_drdb_merge", "vam_drdb_ldae", "gan", "ddpm")
+CONFIGS = {"ahdrnet": "ahdrnet", "ahdrnet_merge": "ahdrnet", "vam": "vam", "vam_drdb": "vam_drdb",
+           "vam_drdb_merge": "vam_drdb", "vam_drdb_ldae": "vam_drdb", "gan": "gan", "ddpm": "diffusion"}
+# model.* settings of the models that are a config with another head.
+MODEL_SETTINGS = {"ahdrnet_merge": dict(output_head="merge"), "vam_drdb_merge": dict(output_head="merge")}
 LEVELS = {"static": dict(camera_motion=0.0, object_motion=0.0, noise=0.25),
           "noise": dict(camera_motion=0.0, object_motion=0.0, noise=4.0),
           "motion": dict(camera_motion=3.0, object_motion=3.0, noise=0.25),
@@ -65,21 +67,12 @@ TINY = dict(size=32, steps=4, batch=2, seeds="0", train_scenes=4, train_size=48,
 # --------------------------------------------------------------------------------------------------
 
 
-def merge_exposures(frames, exposures, gamma: float = 2.24) -> np.ndarray:
-  """Classical multi-exposure merge (no motion compensation): ``frames (3, H, W, 3)`` LDR in [0, 1],
-  ``exposures (3,)`` -> gamma-domain HDR ``(H, W, 3)``. Each frame's linear estimate
-  ``ldr ** gamma / 2 ** ev_rel`` is averaged with triangle weights ``1 - |2 ldr - 1|`` per pixel and
-  channel; where every frame is clipped (all weights 0) the short frame decides in bright areas
-  (medium >= 0.5) and the long frame in dark ones."""
-  frames = np.asarray(frames, np.float64)
-  ev = np.asarray(exposures, np.float64) - float(exposures[1])
-  linear = frames**gamma / 2.0 ** ev[:, None, None, None]
-  w = 1.0 - np.abs(2.0 * frames - 1.0)
-  bright = frames[1] >= 0.5
-  w[0] += 1e-6 * bright
-  w[2] += 1e-6 * ~bright
-  hdr = (w * linear).sum(0) / w.sum(0)
-  return (hdr ** (1.0 / gamma)).astype(np.float32)
+def merge_exposures(frames, exposures) -> np.ndarray:
+  """The classical multi-exposure merge (``hdr_math.merge_exposures``, no motion compensation):
+  ``frames (3, H, W, 3)`` LDR in [0, 1], ``exposures (3,)`` -> gamma-domain HDR ``(H, W, 3)``."""
+  from hdr_jax import hdr_math
+
+  return np.asarray(hdr_math.gamma_encode(hdr_math.merge_exposures(frames, exposures)), np.float32)
 
 
 def baseline_predictions(scene) -> dict:
@@ -189,6 +182,7 @@ def run_model(model: str, seed: int, args, eval_dirs: dict) -> list[dict]:
     config.init.feature_extractor = str(runs / f"ldae_s{seed}")
   else:
     config = base_config(CONFIGS[model], args, seed, args.steps)
+    config.model.update(MODEL_SETTINGS.get(model, {}))
   info["train"] = train(config, workdir)
   rows = []
   for suffix, (method, overrides) in eval_variants(model, args).items():

@@ -94,6 +94,55 @@ def max_radiance(exposures):
 
 
 # --------------------------------------------------------------------------------------------------
+# The classical exposure merge, and the merge-prior head built on it
+# --------------------------------------------------------------------------------------------------
+
+MERGE_FLOOR = 1e-6  # weight that keeps a pixel clipped in every frame defined (short if bright, else long)
+
+
+def merge_weights(frames):
+  """Triangle weights ``1 - |2 ldr - 1|`` per frame, pixel and channel, ``(..., 3, H, W, C)``, plus
+  :data:`MERGE_FLOOR` for the short frame where the medium frame is bright (>= 0.5) and for the long
+  frame where it is dark, so that a pixel clipped in every frame still has a weight."""
+  w = 1.0 - jnp.abs(2.0 * frames - 1.0)
+  bright = (frames[..., 1:2, :, :, :] >= 0.5).astype(w.dtype)
+  floor = jnp.concatenate([bright, jnp.zeros_like(bright), 1.0 - bright], axis=-4) * MERGE_FLOOR
+  return w + floor
+
+
+def merge_exposures(frames, exposures, gamma: float = GAMMA, log_gain=None):
+  """The classical multi-exposure merge (no motion compensation) -> linear HDR ``(..., H, W, C)``
+  relative to the medium exposure: each frame's linear estimate ``ldr ** gamma / 2 ** ev_rel``
+  averaged with :func:`merge_weights`.
+
+  ``log_gain`` (broadcastable to ``(..., 3, H, W, C)``, e.g. one value per frame and pixel ``(..., 3,
+  H, W, 1)``) multiplies each frame's weights by ``exp(log_gain)``: with zeros it is the classical
+  merge itself. The weights are normalised as a softmax over the frames of ``log(w) + log_gain``.
+  """
+  frames = jnp.asarray(frames, jnp.float32)
+  linear = ldr_to_linear(frames, relative_exposures(exposures), gamma)
+  logits = jnp.log(jnp.maximum(merge_weights(frames), 1e-30))
+  if log_gain is not None:
+    logits = logits + log_gain
+  return jnp.sum(jax.nn.softmax(logits, axis=-4) * linear, axis=-4)
+
+
+def merge_head(frames, exposures, z, residual_bound: float, gamma: float = GAMMA):
+  """The merge-prior output head -> linear HDR ``(B, H, W, 3)``.
+
+  ``z (B, H, W, 6)`` are a network's raw outputs: channels 0-2 the log gains of the short, medium
+  and long frames' merge weights (:func:`merge_exposures`), channels 3-5 a residual for what no
+  frame holds, bounded to ``residual_bound * max_radiance`` by a tanh. With ``z = 0`` (a zero
+  initialised last layer) this is exactly the classical merge.
+  """
+  z = z.astype(jnp.float32)
+  log_gain = jnp.moveaxis(z[..., :3], -1, 1)[..., None]  # (B, 3, H, W, 1)
+  merged = merge_exposures(frames, exposures, gamma, log_gain)
+  bound = residual_bound * max_radiance(exposures)[:, None, None, None]
+  return jnp.maximum(merged + bound * jnp.tanh(z[..., 3:]), 0.0)
+
+
+# --------------------------------------------------------------------------------------------------
 # Tone mapping
 # --------------------------------------------------------------------------------------------------
 

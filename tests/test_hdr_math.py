@@ -10,7 +10,6 @@ from scipy import ndimage
 
 from hdr_jax import hdr_math, io
 
-HDR_DIR = Path("/work/shared/data/hdr")
 JNP_DB_TOL = 1e-4  # float32 jnp path vs the official NumPy path, in dB (measured: <= 2e-5 up to 73 dB)
 
 
@@ -45,12 +44,10 @@ def random_pair(rng, shape=(32, 40, 3), noise=0.05, peak=1.8):
 
 
 @pytest.fixture(scope="module")
-def real_pairs(size=96):
+def real_pairs(shared_hdr_files, size=96):
   """Gamma-domain crops of the shared EXR photographs (downscaled 4x by striding, scaled so that the
   median is 1 like a medium exposure) with noisy results."""
-  files = sorted(HDR_DIR.glob("*.exr")) if HDR_DIR.is_dir() else []
-  if not files:
-    pytest.skip(f"{HDR_DIR} has no .exr photographs")
+  files = shared_hdr_files
   rng = np.random.default_rng(3)
   pairs = []
   for f in files:
@@ -235,3 +232,58 @@ def test_mu_law_l1_is_formula():
   want = np.mean(np.abs(ref_mu_tonemap(p.astype(np.float64)) - ref_mu_tonemap(t.astype(np.float64))))
   assert float(hdr_math.mu_law_l1(p, t)) == pytest.approx(want, rel=1e-5)
   assert float(jax.jit(hdr_math.mu_law_l1)(p, p)) == pytest.approx(0.0, abs=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------
+# The classical merge and the merge-prior head
+# --------------------------------------------------------------------------------------------------
+
+
+def ref_merge(frames, exposures, gamma=2.24):
+  """The classical merge written out in float64: triangle weights per pixel and channel, 1e-6 for the
+  short frame where the medium is bright and for the long one where it is dark."""
+  frames = np.asarray(frames, np.float64)
+  ev = np.asarray(exposures, np.float64) - exposures[1]
+  linear = frames**gamma / 2.0 ** ev[:, None, None, None]
+  w = 1.0 - np.abs(2.0 * frames - 1.0)
+  bright = frames[1] >= 0.5
+  w[0] += 1e-6 * bright
+  w[2] += 1e-6 * ~bright
+  return (w * linear).sum(0) / w.sum(0)
+
+
+def _bracket(rng, h=20, w=24):
+  frames = np.round(rng.uniform(0, 1, (3, h, w, 3)) * 255) / 255
+  frames[0, :3], frames[2, 5:9] = 0.0, 1.0  # clipped in one frame
+  frames[:, -2:] = 1.0  # clipped in every frame: the floor weight decides
+  return frames.astype(np.float32), np.array([-2.0, 0.0, 2.5], np.float32)
+
+
+def test_merge_exposures_is_the_classical_merge():
+  rng = np.random.default_rng(5)
+  frames, ev = _bracket(rng)
+  got = np.asarray(hdr_math.merge_exposures(frames, ev))
+  np.testing.assert_allclose(got, ref_merge(frames, ev), rtol=1e-5, atol=1e-7)
+  # Clipped everywhere and bright: the short frame's estimate.
+  np.testing.assert_allclose(got[-2:], 2.0**2, rtol=1e-5)
+  # A batch axis, and gains that pick one frame.
+  batch = np.asarray(hdr_math.merge_exposures(np.stack([frames, frames]), np.stack([ev, ev])))
+  np.testing.assert_allclose(batch[1], got, rtol=1e-6)
+  gain = np.zeros((3, *frames.shape[1:3], 1), np.float32)
+  gain[1] = 60.0  # the medium frame's weight x e^60: the merge is the medium frame wherever its weight is not 0
+  medium_only = np.asarray(hdr_math.merge_exposures(frames, ev, log_gain=gain))
+  well_exposed = (frames[1] > 0) & (frames[1] < 1)
+  np.testing.assert_allclose(medium_only[well_exposed], frames[1][well_exposed] ** 2.24, rtol=1e-5)
+
+
+def test_merge_head_at_zero_is_the_merge_and_its_residual_is_bounded():
+  rng = np.random.default_rng(6)
+  frames, ev = _bracket(rng)
+  frames, ev = frames[None], ev[None]
+  z = np.zeros((1, *frames.shape[2:4], 6), np.float32)
+  merged = np.asarray(hdr_math.merge_exposures(frames, ev))
+  np.testing.assert_allclose(np.asarray(hdr_math.merge_head(frames, ev, z, 0.25)), merged, atol=1e-5)
+  z[..., 3:] = 50.0  # saturated residual: + 0.25 * 2 ** 2 everywhere
+  np.testing.assert_allclose(np.asarray(hdr_math.merge_head(frames, ev, z, 0.25)), merged + 1.0, rtol=1e-5)
+  z[..., 3:] = -50.0  # never negative
+  assert np.asarray(hdr_math.merge_head(frames, ev, z, 0.25)).min() == 0.0

@@ -28,6 +28,9 @@ LEAKY_SLOPE = 0.01
 DILATION = 2
 
 
+OUTPUT_HEADS = ("exposure", "sigmoid", "merge")
+
+
 class AHDRNet(nnx.Module):
   """Attention-guided HDR network with dilated residual dense blocks.
 
@@ -38,8 +41,11 @@ class AHDRNet(nnx.Module):
     n_blocks: number of DRDBs (3).
     gamma: gamma of the LDR -> linear mapping of the inputs.
     input_domain: ``'linear'`` (``H = LDR ** gamma / 2 ** ev``, the paper) or ``'gamma'``.
-    output_head: ``'exposure'`` (sigmoid times ``hdr_math.max_radiance``) or ``'sigmoid'`` (the raw
-      sigmoid: Kalantari-style [0, 1] linear HDR, what the published weights produce).
+    output_head: ``'exposure'`` (sigmoid times ``hdr_math.max_radiance``), ``'sigmoid'`` (the raw
+      sigmoid: Kalantari-style [0, 1] linear HDR, what the published weights produce) or ``'merge'``
+      (the last convolution, zero-initialised, gives per-pixel merge-weight gains and a bounded
+      residual: :func:`hdr_math.merge_head`; an untrained network is the classical merge).
+    merge_residual: the merge head's residual bound, in units of ``hdr_math.max_radiance``.
     polyphase: run the DRDB trunk in the polyphase-folded layout.
     dense_form: how the DRDBs' dense layers are evaluated, ``'concat'`` or ``'scatter'`` (same
       parameters and function; :class:`hdr_jax.models.layers.DRDB`).
@@ -49,12 +55,12 @@ class AHDRNet(nnx.Module):
 
   def __init__(self, *, channels: int = 64, growth: int = 32, n_dense: int = 6, n_blocks: int = 3,
                gamma: float = hdr_math.GAMMA, input_domain: str = "linear", output_head: str = "exposure",
-               polyphase: bool = True, dense_form: str = "scatter", dtype=jnp.float32, param_dtype=jnp.float32,
+               merge_residual: float = 0.25, polyphase: bool = True, dense_form: str = "scatter", dtype=jnp.float32, param_dtype=jnp.float32,
                rngs: nnx.Rngs):
     if input_domain not in ("linear", "gamma"):
       raise ValueError(f"input_domain must be 'linear' or 'gamma', got {input_domain!r}")
-    if output_head not in ("exposure", "sigmoid"):
-      raise ValueError(f"output_head must be 'exposure' or 'sigmoid', got {output_head!r}")
+    if output_head not in OUTPUT_HEADS:
+      raise ValueError(f"output_head must be one of {OUTPUT_HEADS}, got {output_head!r}")
     c = channels
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.conv1 = Conv2d(6, c, 3, **kw)
@@ -67,10 +73,14 @@ class AHDRNet(nnx.Module):
     self.gff_1x1 = Conv2d(n_blocks * c, c, 1, **kw)
     self.gff_3x3 = Conv2d(c, c, 3, **kw)
     self.conv_up = Conv2d(c, c, 3, **kw)
-    self.conv3 = Conv2d(c, 3, 3, **kw)
+    if output_head == "merge":  # 3 merge-weight log gains + 3 residual channels, zero at initialisation
+      self.conv3 = Conv2d(c, 6, 3, kernel_init=nnx.initializers.zeros, **kw)
+    else:
+      self.conv3 = Conv2d(c, 3, 3, **kw)
     self.gamma = gamma
     self.input_domain = input_domain
     self.output_head = output_head
+    self.merge_residual = merge_residual
     self.polyphase = polyphase
     self.dtype = dtype
 
@@ -78,6 +88,11 @@ class AHDRNet(nnx.Module):
     """The official ``AHDR.forward``: three ``(B, H, W, 6)`` inputs (short, reference, long) ->
     sigmoid output ``(B, H, W, 3)`` in float32. Exact for any H, W: the polyphase trunk is used when
     ``polyphase`` is set and H, W are even, the dilated one otherwise."""
+    return jax.nn.sigmoid(self.raw_output(x1, x2, x3))
+
+  def raw_output(self, x1, x2, x3):
+    """The network before its output activation: ``(B, H, W, 3)`` logits, or ``(B, H, W, 6)`` for the
+    merge head, float32."""
     b = x1.shape[0]
     z = _lrelu(self.conv1(jnp.concatenate([x1, x2, x3], axis=0)))  # one shared conv for the 3 frames
     z1, z2, z3 = z[:b], z[b:2 * b], z[2 * b:]
@@ -96,8 +111,7 @@ class AHDRNet(nnx.Module):
     if folded:
       f = polyphase_unfold(f, DILATION)
     f = self.gff_3x3(f) + z2
-    out = self.conv3(self.conv_up(f))
-    return jax.nn.sigmoid(out.astype(jnp.float32))
+    return self.conv3(self.conv_up(f)).astype(jnp.float32)
 
   def __call__(self, frames, exposures):
     """``frames`` ``(B, 3, H, W, 3)`` in [0, 1] (short, medium, long), ``exposures`` ``(B, 3)`` in
@@ -105,6 +119,9 @@ class AHDRNet(nnx.Module):
     (zero padding of every convolution): even sizes run the polyphase trunk, odd ones the dilated
     trunk, both exact."""
     x = hdr_math.ldr_to_hdr_inputs(frames, exposures, self.gamma, domain=self.input_domain)
+    if self.output_head == "merge":
+      z = self.raw_output(x[:, 0], x[:, 1], x[:, 2])
+      return hdr_math.merge_head(frames, exposures, z, self.merge_residual, self.gamma)
     out = self.forward_official(x[:, 0], x[:, 1], x[:, 2])
     if self.output_head == "exposure":
       out = out * hdr_math.max_radiance(exposures).astype(out.dtype)[:, None, None, None]

@@ -72,7 +72,7 @@ from hdr_jax import hdr_math
 from hdr_jax.models.layers import DRDB, Conv2d, polyphase_fold, polyphase_unfold
 
 FEATURE_CHANNELS = 224
-OUTPUT_HEADS = ("exposure", "sigmoid", "logit")
+OUTPUT_HEADS = ("exposure", "sigmoid", "logit", "merge")
 _MIN_MULTIPLE = 16  # four 2x poolings in the reconstruction encoder
 
 # --------------------------------------------------------------------------------------------------
@@ -339,10 +339,13 @@ class Refinement(nnx.Module):
   of SepConv(16), the second with ReLU, each pair fed ``concat(x, proj)``), ``final`` (1x1 Conv2D,
   Keras name ``Final_output``). Returns the logits (pre-sigmoid)."""
 
-  def __init__(self, **kw):
+  def __init__(self, out_ch: int = 3, **kw):
     self.proj = SeparableConv2d(64, 3, 3, **kw)
     self.convs = nnx.List([SeparableConv2d(i, 16, 3, **kw) for i in (6, 16, 19, 16, 19, 16)])
-    self.final = _conv(16, 3, 1, **kw)
+    if out_ch == 3:
+      self.final = _conv(16, 3, 1, **kw)
+    else:  # the merge head's 6 outputs (not an official layer): zero at initialisation
+      self.final = Conv2d(16, out_ch, 1, kernel_init=nnx.initializers.zeros, **kw)
 
   def __call__(self, ref, x):
     p = jax.nn.relu(self.proj(ref))
@@ -365,13 +368,16 @@ class HDRVAM(nnx.Module):
   ``output_head``: ``'exposure'`` (default, project convention) ``sigmoid(z) * max_radiance`` = linear
   HDR relative to the medium frame; ``'logit'`` the official mapping ``max(z, 0) ** gamma`` (z = logit
   of the official sigmoid output = gamma-domain HDR), linear HDR; ``'sigmoid'`` the raw ``sigmoid(z)``
-  (official target domain ``sigmoid(gt_gamma)``). ``train``: None uses the module mode
+  (official target domain ``sigmoid(gt_gamma)``); ``'merge'`` (not official) a zero-initialised 6-channel
+  last layer giving merge-weight gains and a residual bounded by ``merge_residual * max_radiance``
+  (:func:`hdr_math.merge_head`: untrained, the classical merge). ``train``: None uses the module mode
   (``model.train()`` / ``model.eval()``), True/False forces batch / moving BatchNorm statistics.
   """
 
   def __init__(self, *, drdb_blocks: int = 0, drdb_channels: int = 64, drdb_growth: int = 32,
                drdb_layers: int = 4, drdb_reference: bool = True, gamma: float = hdr_math.GAMMA,
-               output_head: str = "exposure", polyphase: bool = True, dense_form: str = "scatter",
+               output_head: str = "exposure", merge_residual: float = 0.25, polyphase: bool = True,
+               dense_form: str = "scatter",
                pad_multiple: int = 32, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
     if output_head not in OUTPUT_HEADS:
       raise ValueError(f"output_head must be one of {OUTPUT_HEADS}, got {output_head!r}")
@@ -384,9 +390,10 @@ class HDRVAM(nnx.Module):
                       reference=drdb_reference, polyphase=polyphase, dense_form=dense_form, **kw)
     self.fe = VAMFeatures(stem=stem, **kw)
     self.recon = Reconstruction(**kw)
-    self.refine = Refinement(**kw)
+    self.refine = Refinement(6 if output_head == "merge" else 3, **kw)
     self.gamma = gamma
     self.output_head = output_head
+    self.merge_residual = merge_residual
     self.pad_multiple = pad_multiple
 
   def logits(self, low, medium, high, low_mask, high_mask, train: bool | None = None):
@@ -419,6 +426,8 @@ class HDRVAM(nnx.Module):
     h, w = frames.shape[2:4]
     inputs, (top, left) = self._padded_inputs(frames, exposures)
     z = self.logits(*inputs, train=train)[:, top:top + h, left:left + w]
+    if self.output_head == "merge":
+      return hdr_math.merge_head(frames, exposures, z, self.merge_residual, self.gamma)
     if self.output_head == "logit":
       return hdr_math.gamma_decode(z, self.gamma)
     s = jax.nn.sigmoid(z)
