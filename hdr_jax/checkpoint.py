@@ -53,7 +53,7 @@ class CheckpointMismatch(hio.DataError):
   """A readable checkpoint of another model: its stored array names or shapes differ."""
 
 
-def short_error(e: BaseException, within=None, limit: int = 320) -> str:
+def short_error(e: BaseException, within=None, limit: int = 400) -> str:
   """One line of an Orbax/tensorstore error, without the tensorstore spec it appends; paths inside
   the folder ``within`` are given relative to it."""
   text = " ".join(str(e).split()) or type(e).__name__
