@@ -4,17 +4,25 @@ Layout: ``WORKDIR/checkpoints/<step>/{state,meta,data}`` written by an ``orbax C
 (atomically: an interrupted save never appears as a step), keeping the last ``keep`` checkpoints
 plus the best one by validation ``best_metric`` (higher is better). ``WORKDIR/config.json`` holds
 the run's config so ``evaluate``/``predict`` can rebuild the model from a workdir alone.
+
+Faults (docs/faults.md): a step that cannot be read raises ``DamagedCheckpoint``; one written for
+another model (array names or shapes differ from the stored metadata) raises ``CheckpointMismatch``;
+both are ``DataError`` s with a short message (no tensorstore spec). ``restore_newest`` falls back to
+older steps and moves damaged ones aside (``20`` -> ``20.damaged``), never deleting them.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import sys
 
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging as absl_logging
+from etils import epath
 from flax import nnx
 
 from hdr_jax import io as hio
@@ -35,6 +43,65 @@ def load_config(workdir) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.loads(path.read_text()))
   except json.JSONDecodeError as e:
     raise hio.DataError(path, f"not valid JSON ({e})") from None
+
+
+class DamagedCheckpoint(hio.DataError):
+  """A checkpoint step that cannot be read: truncated or overwritten files, a missing item."""
+
+
+class CheckpointMismatch(hio.DataError):
+  """A readable checkpoint of another model: its stored array names or shapes differ."""
+
+
+def short_error(e: BaseException, within=None, limit: int = 400) -> str:
+  """One line of an Orbax/tensorstore error, without the tensorstore spec it appends; paths inside
+  the folder ``within`` are given relative to it."""
+  text = " ".join(str(e).split()) or type(e).__name__
+  text = re.split(r"\s*\[tensorstore_spec|\s*See full TensorStore details", text)[0]
+  if within is not None:
+    text = text.replace(f"{within}/", "").replace(str(within), ".")
+  return text if len(text) <= limit else text[: limit // 2 - 3] + " ... " + text[-(limit // 2 - 2):]
+
+
+def _quiet_closed_loop_callbacks() -> None:
+  """After a failed restore, tensorstore's still-pending reads complete into Orbax's closed event loop
+  and each reports an unraisable ``RuntimeError('Event loop is closed')`` traceback on stderr: noise
+  after the error has been handled. Drops exactly those; anything else goes to the previous hook."""
+  previous = sys.unraisablehook
+  if getattr(previous, "_hdr_jax_quiet", False):
+    return
+
+  def hook(u):
+    if isinstance(u.exc_value, RuntimeError) and str(u.exc_value) == "Event loop is closed":
+      return
+    previous(u)
+
+  hook._hdr_jax_quiet = True
+  sys.unraisablehook = hook
+
+
+def _key_name(path) -> str:
+  return ".".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
+
+def _differences(stored, wanted) -> list[str]:
+  """Array names and shapes of a stored state tree against the model's (dtypes may differ: Orbax casts)."""
+  have = {_key_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(stored)}
+  want = {_key_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(wanted)}
+  diffs = [f"{k}: not in the checkpoint" for k in want if k not in have]
+  diffs += [f"{k}: not in the model" for k in have if k not in want]
+  diffs += [f"{k}: checkpoint {have[k]} vs model {want[k]}" for k in want if k in have and have[k] != want[k]]
+  return diffs
+
+
+def free_name(path):
+  """``path`` with ``.damaged`` appended, or ``.damaged.2``, ``.damaged.3``... whichever is free
+  (never ``_<digits>``, which Orbax would list as a step)."""
+  candidate, n = path.parent / f"{path.name}.damaged", 1
+  while candidate.exists():
+    n += 1
+    candidate = path.parent / f"{path.name}.damaged.{n}"
+  return candidate
 
 
 def _abstract(tree, sharding=None):
@@ -108,21 +175,71 @@ class Checkpoints:
     self.manager.wait_until_finished()
 
   def restore(self, step: int, state: nnx.State, *, data_iter=None, sharding=None) -> tuple[nnx.State, dict]:
-    """Restores into a copy of ``state`` (which gives structure, dtypes and shardings)."""
+    """Restores into ``state`` (which gives structure, dtypes and shardings; left as it was when this
+    raises). ``CheckpointMismatch`` if the stored array names/shapes are not the model's (compared from
+    the metadata, before reading any array), ``DamagedCheckpoint`` if the step cannot be read."""
     import grain
 
     if step not in self.all_steps():
       raise hio.DataError(self.directory / str(step), f"no checkpoint at step {step} (have {self.all_steps()})")
+    path = self.directory / str(step)
+    _quiet_closed_loop_callbacks()
     pure = state.to_pure_dict()
+    try:
+      stored = ocp.StandardCheckpointHandler().metadata(epath.Path(path / "state"))
+    except Exception as e:  # a missing or unreadable _METADATA or zarr header
+      raise DamagedCheckpoint(path, f"checkpoint is damaged or incomplete ({short_error(e, path)})") from None
+    diffs = _differences(stored, pure)
+    if diffs:
+      raise CheckpointMismatch(
+          path, f"checkpoint does not match this model/config: {len(diffs)} array(s) differ, e.g. "
+          f"{'; '.join(diffs[:2])} (a checkpoint of another model: use the workdir's own config, or a new "
+          f"--workdir)")
     args = {"state": ocp.args.StandardRestore(_abstract(pure, sharding)), "meta": ocp.args.JsonRestore()}
     if data_iter is not None:
       args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(**args))
-    except (ValueError, KeyError, TypeError) as e:
-      raise hio.DataError(self.directory / str(step), f"checkpoint does not match this model/config ({e})") from None
+    except Exception as e:  # names and shapes match, so what fails is reading the files
+      raise DamagedCheckpoint(path, f"checkpoint is damaged or incomplete ({short_error(e, path)})") from None
+    meta = restored["meta"]
+    if not isinstance(meta, dict) or "step" not in meta:
+      raise DamagedCheckpoint(path, "checkpoint is damaged or incomplete (its meta item has no step)")
     nnx.replace_by_pure_dict(state, restored["state"])
-    return state, restored["meta"]
+    return state, meta
+
+  def restore_newest(self, state: nnx.State, *, data_iter=None, sharding=None, warn=print):
+    """``(state, meta, step)`` from the newest step that restores, or ``(state, None, None)`` if there
+    are no steps. Damaged steps newer than it are moved aside (``warn`` gets one line per step); if
+    none restores, a ``DamagedCheckpoint`` naming the folder and nothing is moved."""
+    damaged = []
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        state, meta = self.restore(step, state, data_iter=data_iter, sharding=sharding)
+      except DamagedCheckpoint as e:
+        damaged.append((step, e.problem))
+        continue
+      for bad, problem in damaged:
+        self._move_aside(bad, problem, step, warn)
+      if damaged:
+        self.manager.reload()  # its step list still has the moved steps
+      return state, meta, step
+    if not damaged:
+      return state, None, None
+    raise DamagedCheckpoint(
+        self.directory, f"no checkpoint restores (step(s) {', '.join(str(s) for s, _ in damaged)}: "
+        f"{damaged[0][1]}); move this folder aside (or train in a new --workdir) to start afresh")
+
+  def _move_aside(self, step: int, problem: str, resumed: int, warn) -> None:
+    path = self.directory / str(step)
+    if jax.process_index() == 0:
+      target = free_name(path)
+      path.rename(target)
+      warn(f"warning: {path}: {problem}; moved to {target.name}, resuming from step {resumed}")
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+
+      multihost_utils.sync_global_devices(f"hdr_jax_move_aside_{step}")
 
   def close(self) -> None:
     self.manager.close()

@@ -412,6 +412,13 @@ def load_from_workdir(workdir, step: int | str | None = None, config_overrides: 
     raise hio.DataError(ckpts.directory, "no checkpoint found in this workdir")
   engine = Engine(config)
   state = engine.init_state(jax.random.key(config.seed))
-  state, _ = ckpts.restore(chosen, state, sharding=engine.replicated)
-  ckpts.close()
+  try:
+    state, _ = ckpts.restore(chosen, state, sharding=engine.replicated)
+  except checkpoint.DamagedCheckpoint as e:  # read-only: name it and point at the others, move nothing
+    others = [s for s in ckpts.all_steps() if s != chosen]
+    hint = (f"use --step={others[-1]} (available: {', '.join(map(str, others))})" if others
+            else "no other checkpoint in this workdir")
+    raise hio.DataError(e.path, f"{e.problem}; {hint}") from None
+  finally:
+    ckpts.close()
   return config, engine, state, chosen

@@ -85,6 +85,23 @@ def atomic_write_bytes(path, data: bytes) -> None:
     raise
 
 
+def writable_dir(path, what: str = "folder"):
+  """Creates ``path`` (and parents) and proves it writable by creating and removing a probe file
+  (``os.access`` says yes to root on a read-only mount); a ``DataError`` naming ``what`` and the path
+  if not. Object-store URLs are only created (their writes are checked when they happen)."""
+  folder = workdir_path(path)
+  try:
+    folder.mkdir(parents=True, exist_ok=True)
+    if not is_remote(path):
+      fd, probe = tempfile.mkstemp(prefix=".write_probe.", dir=folder)
+      os.close(fd)
+      os.unlink(probe)
+  except OSError as e:
+    raise DataError(folder, f"cannot write to this {what} ({e.strerror or e}): choose another {what} or "
+                            f"fix its permissions") from None
+  return folder
+
+
 def save_npy(path, array) -> None:
   import io as _io
 
@@ -222,9 +239,12 @@ def write_hdr_png16(png_path, alignratio_path, hdr) -> None:
   align_ratio = (2**16 - 1) / peak
   if not np.isfinite(align_ratio):
     raise ValueError(f"{png_path}: maximum {peak} is too small for the NTIRE encoding")
-  png = np.round(hdr * align_ratio).astype(np.uint16)
+  data = encode_png(np.round(hdr * align_ratio).astype(np.uint16))
+  # The PNG is the pair's commit: an old one goes first and the new one is renamed into place last, so
+  # a failure never leaves a PNG beside an alignratio it does not belong to.
+  Path(png_path).unlink(missing_ok=True)
   save_npy(alignratio_path, align_ratio)
-  atomic_write_bytes(png_path, encode_png(png))
+  atomic_write_bytes(png_path, data)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -32,12 +32,19 @@ def _define_flags():
 
 def run(workdir, input_dir, output_dir, fmt="ntire", step="latest", overrides=None) -> list[Path]:
   scenes = hio.validate_folder(input_dir)
+  if jax.process_index() == 0:  # before the model is built: an unwritable --output fails at once
+    hio.writable_dir(output_dir, "output folder")
   config, engine, state, chosen = engine_lib.load_from_workdir(workdir, step, overrides)
   written = []
   t0 = time.perf_counter()
   for d, pred in engine_lib.iter_predictions(engine, state, scenes, key=jax.random.key(config.seed)):
     if jax.process_index() == 0:
-      written += hio.write_result(output_dir, d["id"], pred, fmt)
+      try:
+        written += hio.write_result(output_dir, d["id"], pred, fmt)
+      except OSError as e:  # each file is atomic, so what is there is complete
+        raise hio.DataError(Path(output_dir).absolute(), f"cannot write the result of scene {d['id']} "
+                            f"({e.strerror or e}); the {len(written)} file(s) written before it are "
+                            f"complete") from None
   if jax.process_index() == 0:
     print(f"{len(scenes)} scene(s) predicted with {config.model.name} (step {chosen}) in "
           f"{time.perf_counter() - t0:.1f} s -> {Path(output_dir).absolute()} ({fmt})")

@@ -71,7 +71,7 @@ def train_and_evaluate(config, workdir) -> dict:
   engine_lib.maybe_initialize_distributed(config.distributed)
   _check_config(config)
   primary = jax.process_index() == 0
-  workdir.mkdir(parents=True, exist_ok=True)
+  hio.writable_dir(workdir, "workdir")  # before any data, compilation or training step
 
   # Data first: every input problem surfaces before any compilation or training step.
   train_dir, val_dir = engine_lib.resolve_data(config)
@@ -89,9 +89,10 @@ def train_and_evaluate(config, workdir) -> dict:
 
   ckpts = ckpt_lib.Checkpoints(workdir, keep=config.keep_checkpoints, best_metric=engine.task.best_metric)
   start_step = 0
-  latest = ckpts.latest_step()
+  # The newest step that restores; damaged newer ones are moved aside with a warning line each.
+  state, meta, latest = ckpts.restore_newest(state, data_iter=train_iter, sharding=engine.replicated,
+                                             warn=lambda line: print(line, file=sys.stderr, flush=True))
   if latest is not None:
-    state, meta = ckpts.restore(latest, state, data_iter=train_iter, sharding=engine.replicated)
     start_step = int(meta["step"])
     logging.info("Resumed from %s at step %d", ckpts.directory / str(latest), start_step)
     if primary:
@@ -121,7 +122,15 @@ def train_and_evaluate(config, workdir) -> dict:
     return means
 
   def save(step, metrics=None):
-    ckpts.save(step, state, meta=meta_for(step), data_iter=train_iter, metrics=metrics)
+    last_good = ckpts.latest_step()
+    try:
+      ckpts.save(step, state, meta=meta_for(step), data_iter=train_iter, metrics=metrics)
+    except Exception as e:  # a full disk, a workdir gone read-only: Orbax left only its tmp folder
+      kept = (f"the last good checkpoint (step {last_good}, {ckpts.directory / str(last_good)}) is left intact; "
+              f"free space or fix the workdir and rerun the same command to resume from it"
+              if last_good is not None else "there is no earlier checkpoint")
+      raise hio.DataError(workdir, f"saving the checkpoint of step {step} failed ({ckpt_lib.short_error(e, workdir)}); "
+                                   f"training stopped; {kept}") from None
 
   num_steps = config.num_train_steps
   progress = None
