@@ -44,11 +44,12 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ("ahdrnet", "ahdrnet_merge", "vam", "vam_drdb", "vam_drdb_merge", "vam_drdb_ldae", "gan", "ddpm")
+MODELS = ("ahdrnet", "ahdrnet_merge", "vam", "vam_drdb", "vam_drdb_direct", "vam_drdb_ldae", "gan", "ddpm")
 CONFIGS = {"ahdrnet": "ahdrnet", "ahdrnet_merge": "ahdrnet", "vam": "vam", "vam_drdb": "vam_drdb",
-           "vam_drdb_merge": "vam_drdb", "vam_drdb_ldae": "vam_drdb", "gan": "gan", "ddpm": "diffusion"}
-# model.* settings of the models that are a config with another head.
-MODEL_SETTINGS = {"ahdrnet_merge": dict(output_head="merge"), "vam_drdb_merge": dict(output_head="merge")}
+           "vam_drdb_direct": "vam_drdb", "vam_drdb_ldae": "vam_drdb", "gan": "gan", "ddpm": "diffusion"}
+# model.* settings of the models that are a config with another output head (configs/vam_drdb.py has the
+# merge head, configs/ahdrnet.py the official sigmoid * max_radiance one).
+MODEL_SETTINGS = {"ahdrnet_merge": dict(output_head="merge"), "vam_drdb_direct": dict(output_head="exposure")}
 LEVELS = {"static": dict(camera_motion=0.0, object_motion=0.0, noise=0.25),
           "noise": dict(camera_motion=0.0, object_motion=0.0, noise=4.0),
           "motion": dict(camera_motion=3.0, object_motion=3.0, noise=0.25),

@@ -33,8 +33,8 @@ from hdr_jax.config_base import get_base_config
 
 def get_config(arg: str = ""):
   arg = (arg or "").strip()
-  if arg not in ("", "full"):
-    raise ValueError(f"configs/diffusion.py: unknown variant {arg!r} (use '' or 'full')")
+  if arg not in ("", "full", "unconditional"):
+    raise ValueError(f"configs/diffusion.py: unknown variant {arg!r} (use '', 'full' or 'unconditional')")
   c = get_base_config()
   c.task = "diffusion"
 
@@ -62,9 +62,20 @@ def get_config(arg: str = ""):
   c.diffusion.beta_start = 1e-4
   c.diffusion.beta_end = 0.02
   c.diffusion.schedule = "linear"  # linear | cosine
-  c.diffusion.prediction = "eps"  # eps | v
   c.diffusion.ema_decay = 0.999
   c.diffusion.ema_warmup = True  # decay min(ema_decay, (1 + n) / (10 + n)) after n steps
+  # Residual mode: the DDPM refines a deterministic estimate, here a small AHDRNet with the merge head
+  # trained jointly (it starts as the classical merge); 'merge' uses the classical merge itself, 'none'
+  # diffuses the whole image. x0-prediction with the U-Net's zero-initialised output: an untrained DDPM
+  # returns the estimate exactly.
+  c.diffusion.estimate = "network"  # none | merge | network
+  c.diffusion.prediction = "x0"  # eps | v | x0
+  c.diffusion.residual_scale = 2.0  # the residual (mu-law units of x0) is diffused x2
+  c.estimator = ml_collections.ConfigDict(
+      dict(name="ahdrnet", output_head="merge", channels=16, growth=8, n_blocks=2, n_dense=3, merge_residual=0.25))
+  c.estimator_optimizer = ml_collections.ConfigDict(dict(
+      name="adam", learning_rate=3e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, schedule="cosine",
+      decay_at=0.8, decay_factor=0.1, warmup_steps=20, grad_clip=1.0))
 
   c.sampler = ml_collections.ConfigDict()
   c.sampler.name = "ddim"  # ddim | ddpm (ancestral, all timesteps)
@@ -119,6 +130,12 @@ def get_config(arg: str = ""):
     c.eval.max_scenes = 8  # 1000-step sampling of whole frames is costly; evaluate a subset
     c.optimizer.learning_rate = 2e-4
     c.optimizer.warmup_steps = 5_000
+    c.estimator = ml_collections.ConfigDict(dict(name="vam_drdb", output_head="merge", merge_residual=0.25))
+    c.estimator_optimizer.update(learning_rate=2e-4, warmup_steps=5_000, grad_clip=0.0)
     c.data.patch_size = 128
     c.data.num_workers = 8
+  if arg == "unconditional":  # HDR images generated from noise (no frames, so no estimate to refine)
+    c.model.conditional = False
+    c.diffusion.estimate = "none"
+    c.diffusion.prediction = "eps"
   return c

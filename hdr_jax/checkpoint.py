@@ -65,14 +65,18 @@ def short_error(e: BaseException, within=None, limit: int = 400) -> str:
 
 def _quiet_closed_loop_callbacks() -> None:
   """After a failed restore, tensorstore's still-pending reads complete into Orbax's closed event loop
-  and each reports an unraisable ``RuntimeError('Event loop is closed')`` traceback on stderr: noise
-  after the error has been handled. Drops exactly those; anything else goes to the previous hook."""
+  and each reports an unraisable ``RuntimeError('Event loop is closed')`` traceback on stderr, and the
+  abandoned read coroutines report their own read errors ('Exception ignored in <coroutine object
+  _read_array_index_and_device_put>' with the tensorstore spec): noise after the error has been
+  handled. Drops exactly those; anything else goes to the previous hook."""
   previous = sys.unraisablehook
   if getattr(previous, "_hdr_jax_quiet", False):
     return
 
   def hook(u):
     if isinstance(u.exc_value, RuntimeError) and str(u.exc_value) == "Event loop is closed":
+      return
+    if "_read_array_index_and_device_put" in repr(u.object):  # an abandoned read of a damaged array
       return
     previous(u)
 

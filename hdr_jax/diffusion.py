@@ -46,7 +46,7 @@ import numpy as np
 from hdr_jax import hdr_math
 
 SAMPLERS = ("ddpm", "ddim")
-PREDICTIONS = ("eps", "v")
+PREDICTIONS = ("eps", "v", "x0")
 SCHEDULES = ("linear", "cosine")
 
 # --------------------------------------------------------------------------------------------------
@@ -121,9 +121,13 @@ def q_sample(sched: Schedule, x0, t, noise):
 
 
 def model_target(sched: Schedule, x0, t, noise, prediction: str = "eps"):
-  """What the network regresses: ``eps`` (the noise) or ``v = sqrt(abar) eps - sqrt(1 - abar) x0``."""
+  """What the network regresses: ``eps`` (the noise), ``v = sqrt(abar) eps - sqrt(1 - abar) x0`` or
+  ``x0`` itself (with a zero-initialised output layer an untrained network then predicts ``x0 = 0``,
+  and every sampler returns exactly 0: what the residual mode of the DDPM task starts from)."""
   if prediction == "eps":
     return noise
+  if prediction == "x0":
+    return x0
   if prediction == "v":
     abar = _bcast(sched.alphas_cumprod[t], x0)
     return jnp.sqrt(abar) * noise - jnp.sqrt(1.0 - abar) * x0
@@ -157,6 +161,9 @@ def predict_x0_eps(sched: Schedule, x_t, t, out, prediction: str = "eps", clip_x
   elif prediction == "v":
     x0 = sa * x_t - s1a * out
     eps = s1a * x_t + sa * out
+  elif prediction == "x0":
+    x0 = out
+    eps = (x_t - sa * x0) / s1a
   else:
     raise ValueError(f"config.diffusion.prediction: unknown {prediction!r}; choose one of {PREDICTIONS}")
   if clip_x0:
@@ -362,9 +369,13 @@ def tiled(fn: Callable, plan: TilePlan, height: int, width: int, tile_batch: int
 
 def hdr_to_x0(gt_gamma, exposures):
   """Gamma-domain HDR ``(B, H, W, 3)`` -> diffusion variable in [-1, 1] (module docstring)."""
-  m = _bcast(hdr_math.max_radiance(exposures), gt_gamma)
-  lin = hdr_math.gamma_decode(gt_gamma.astype(jnp.float32))
-  return 2.0 * hdr_math.mu_tonemap(jnp.clip(lin / m, 0.0, 1.0)) - 1.0
+  return linear_to_x0(hdr_math.gamma_decode(gt_gamma.astype(jnp.float32)), exposures)
+
+
+def linear_to_x0(linear, exposures):
+  """Linear HDR ``(B, H, W, 3)`` (relative to the medium exposure) -> diffusion variable in [-1, 1]."""
+  m = _bcast(hdr_math.max_radiance(exposures), linear)
+  return 2.0 * hdr_math.mu_tonemap(jnp.clip(linear.astype(jnp.float32) / m, 0.0, 1.0)) - 1.0
 
 
 def x0_to_hdr(x0, exposures):

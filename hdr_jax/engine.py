@@ -203,6 +203,7 @@ class Engine:
     self.graphdef = None
     self._train = None
     self._predict = None
+    self._estimate = None
 
   # ---------------------------------------------------------------------------------------------
   def init_state(self, key) -> nnx.State:
@@ -252,12 +253,15 @@ class Engine:
             for k, v in local_batch.items() if k in ("frames", "exposures", "gt")}
 
   # ---------------------------------------------------------------------------------------------
-  def _make_predict(self):
+  def _make_predict(self, estimate: bool = False):
     task, graphdef = self.task, self.graphdef
 
     def predict(state, frames, exposures, key):
       bundle = nnx.merge(graphdef, state)
-      return task.predict(bundle, frames.astype(jnp.float32) / 255.0, exposures, key)
+      frames = frames.astype(jnp.float32) / 255.0
+      if estimate:
+        return task.predict_estimate(bundle, frames, exposures)
+      return task.predict(bundle, frames, exposures, key)
 
     return jax.jit(predict, in_shardings=(self.replicated, self.data_sharding, self.data_sharding, self.replicated),
                    out_shardings=self.data_sharding)
@@ -269,6 +273,15 @@ class Engine:
     """
     if self._predict is None:
       self._predict = self._make_predict()
+    return self._run(self._predict, state, frames_u8, exposures, key)
+
+  def predict_estimate(self, state, frames_u8: np.ndarray, exposures: np.ndarray) -> np.ndarray:
+    """The deterministic estimate a task's prediction refines (``task.has_estimate``), as :meth:`predict`."""
+    if self._estimate is None:
+      self._estimate = self._make_predict(estimate=True)
+    return self._run(self._estimate, state, frames_u8, exposures, None)
+
+  def _run(self, fn, state, frames_u8, exposures, key):
     if key is None:
       key = jax.random.key(self.config.seed)
     b = frames_u8.shape[0]
@@ -277,7 +290,7 @@ class Engine:
       frames_u8 = np.concatenate([frames_u8, np.repeat(frames_u8[-1:], pad, 0)])
       exposures = np.concatenate([exposures, np.repeat(exposures[-1:], pad, 0)])
     put = lambda x: jax.make_array_from_callback(x.shape, self.data_sharding, lambda idx: x[idx])
-    out = self._predict(state, put(frames_u8), put(np.asarray(exposures, np.float32)), key)
+    out = fn(state, put(frames_u8), put(np.asarray(exposures, np.float32)), key)
     return to_host(out)[:b]
 
 
@@ -378,6 +391,11 @@ def evaluate_scenes(engine: Engine, state, scenes, *, key=None, writer=None, ste
   rows = []
   for i, (d, pred) in enumerate(iter_predictions(engine, state, scenes, key)):
     row = {"id": d["id"], **scene_metrics(d["gt"], pred)}
+    if engine.task.has_estimate:  # the deterministic estimate the prediction refines, scored beside it
+      frames = np.round(d["frames"] * 255).astype(np.uint8)[None]
+      est = engine.predict_estimate(state, frames, d["exposures"][None])[0]
+      row["estimate_psnr_mu"] = hdr_math.np_psnr_mu(d["gt"], est)
+      row["estimate_psnr_l"] = hdr_math.np_psnr_l(d["gt"], est)
     if baseline:
       medium = d["frames"][1]
       row["baseline_psnr_mu"] = hdr_math.np_psnr_mu(d["gt"], medium)

@@ -66,7 +66,10 @@ def align_exposure(ldr, ev_rel, gamma: float = GAMMA):
   return gamma_encode(ldr_to_linear(ldr, ev_rel, gamma), gamma)
 
 
-def ldr_to_hdr_inputs(frames, exposures, gamma: float = GAMMA, domain: str = "linear"):
+EXPOSURE_REFERENCES = ("medium", "short")
+
+
+def ldr_to_hdr_inputs(frames, exposures, gamma: float = GAMMA, domain: str = "linear", reference: str = "medium"):
   """The 6-channel per-frame model input ``[LDR, H]`` (SPEC 3).
 
   Args:
@@ -74,10 +77,17 @@ def ldr_to_hdr_inputs(frames, exposures, gamma: float = GAMMA, domain: str = "li
     exposures: ``(..., 3)`` exposures in stops (absolute or relative; only differences matter).
     domain: ``"linear"`` gives ``H = ldr ** gamma / 2 ** ev_rel`` (AHDRNet);
       ``"gamma"`` gives the exposure-aligned frame in the gamma domain (HDR-VAM).
+    reference: the frame ``ev_rel`` is relative to: ``"medium"`` (NTIRE's convention; ``H`` reaches
+      ``max_radiance``, 8 or 16 for a short frame 3 or 4 stops down) or ``"short"`` (Kalantari's and
+      the official AHDRNet's: stops above the shortest exposure, so ``H`` is in [0, 1]).
   Returns:
     ``(..., 3, H, W, 6)``.
   """
+  if reference not in EXPOSURE_REFERENCES:
+    raise ValueError(f"reference must be one of {EXPOSURE_REFERENCES}, got {reference!r}")
   ev_rel = relative_exposures(exposures)
+  if reference == "short":
+    ev_rel = ev_rel - ev_rel[..., :1]
   if domain == "linear":
     h = ldr_to_linear(frames, ev_rel, gamma)
   elif domain == "gamma":
@@ -132,14 +142,17 @@ def merge_head(frames, exposures, z, residual_bound: float, gamma: float = GAMMA
 
   ``z (B, H, W, 6)`` are a network's raw outputs: channels 0-2 the log gains of the short, medium
   and long frames' merge weights (:func:`merge_exposures`), channels 3-5 a residual for what no
-  frame holds, bounded to ``residual_bound * max_radiance`` by a tanh. With ``z = 0`` (a zero
-  initialised last layer) this is exactly the classical merge.
+  frame holds, added in the mu-law domain of radiance over ``max_radiance`` (the loss's and the
+  metric's perceptual scale, so a dark pixel moves by as little as a bright one looks) and bounded to
+  ``residual_bound`` there by a tanh: ``m * mu^-1(mu(merged / m) + residual_bound * tanh(z))``. With
+  ``z = 0`` (a zero initialised last layer) this is the classical merge.
   """
   z = z.astype(jnp.float32)
   log_gain = jnp.moveaxis(z[..., :3], -1, 1)[..., None]  # (B, 3, H, W, 1)
   merged = merge_exposures(frames, exposures, gamma, log_gain)
-  bound = residual_bound * max_radiance(exposures)[:, None, None, None]
-  return jnp.maximum(merged + bound * jnp.tanh(z[..., 3:]), 0.0)
+  m = max_radiance(exposures)[:, None, None, None]
+  t = mu_tonemap(merged / m) + residual_bound * jnp.tanh(z[..., 3:])
+  return mu_tonemap_inverse(jnp.maximum(t, 0.0)) * m
 
 
 # --------------------------------------------------------------------------------------------------

@@ -216,6 +216,8 @@ def _print_summary(summary: dict) -> None:
   if ev:
     print(f"validation PSNR-mu {ev.get('psnr_mu', float('nan')):.2f} dB  PSNR-L {ev.get('psnr_l', float('nan')):.2f} dB"
           f"  SSIM-mu {ev.get('ssim_mu', float('nan')):.4f}")
+    if "estimate_psnr_mu" in ev:
+      print(f"the estimate it refines: PSNR-mu {ev['estimate_psnr_mu']:.2f} dB  PSNR-L {ev['estimate_psnr_l']:.2f} dB")
     if "baseline_psnr_mu" in ev:
       print(f"medium-frame baseline: PSNR-mu {ev['baseline_psnr_mu']:.2f} dB  PSNR-L {ev['baseline_psnr_l']:.2f} dB")
   print(f"checkpoints: {summary['workdir']}/checkpoints  (steps {summary['checkpoints']})")

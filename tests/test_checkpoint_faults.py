@@ -15,10 +15,28 @@ import pytest
 
 from hdr_jax import checkpoint
 from hdr_jax import io as hio
-from test_train import losses, run, train
+from test_train import ROOT, TINY, losses
+from test_train import run as _run
 
 # Checkpoints at steps 2 and 4 (all kept); the resumed runs go on to step 6. Evaluation only at the end.
 CKPT = ["--config.checkpoint_every=2", "--config.eval_every=100", "--config.keep_checkpoints=5"]
+# Every run of this module shares one persistent compilation cache (in the data cache folder, which is
+# written into each workdir's config.json, so evaluate and predict use it too): each program compiles
+# once for the whole module instead of once per run.
+STORE_ALL = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+
+
+def run(args, cache, check=True):
+  return _run(args, cache, check=check, env_extra=STORE_ALL)
+
+
+def train_args(workdir, cache, *extra):
+  return ["--config=configs/ahdrnet.py", f"--workdir={workdir}", *TINY,
+          f"--config.compilation_cache={Path(cache) / 'xla'}", *extra]
+
+
+def train(workdir, cache, *extra, check=True):
+  return run(["-m", "hdr_jax.train", *train_args(workdir, cache, *extra)], cache, check=check)
 
 
 @pytest.fixture(scope="module")
@@ -207,12 +225,10 @@ train.main(["train", *sys.argv[1:]])
 
 
 def test_a_full_disk_during_a_save_stops_and_the_last_good_checkpoint_resumes(runs, tmp_path):
-  from test_train import TINY
-
   base, reference, cache = runs
   wd = copy_of(base, tmp_path)
-  args = ["--config=configs/ahdrnet.py", f"--workdir={wd}", *TINY, "--config.num_train_steps=6", *CKPT]
-  proc = run(["-c", _ENOSPC_AT_STEP_6, *args], cache, check=False)
+  proc = run(["-c", _ENOSPC_AT_STEP_6, *train_args(wd, cache, "--config.num_train_steps=6", *CKPT)], cache,
+             check=False)
   assert proc.returncode == 1
   line = assert_one_clean_line(proc.stderr, "error:")
   assert line.startswith(f"error: {wd}: saving the checkpoint of step 6 failed ("), line
@@ -291,14 +307,13 @@ def test_sigkill_inside_checkpoint_writes_then_rerun_resumes_with_the_same_losse
   import sys
   import time
 
-  from test_train import ROOT, TINY
-
   _, reference, cache = runs
   wd = tmp_path / "w"
-  args = [sys.executable, "-m", "hdr_jax.train", "--config=configs/ahdrnet.py", f"--workdir={wd}", *TINY,
-          "--config.num_train_steps=6", "--config.checkpoint_every=1", "--config.eval_every=100",
-          "--config.keep_checkpoints=10"]
-  env = {"HDR_JAX_CACHE": str(cache), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+  args = [sys.executable, "-m", "hdr_jax.train",
+          *train_args(wd, cache, "--config.num_train_steps=6", "--config.checkpoint_every=1",
+                      "--config.eval_every=100", "--config.keep_checkpoints=10")]
+  env = {"HDR_JAX_CACHE": str(cache), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
+         **STORE_ALL}
   killed_in = []
   for target in ("2", "4"):  # kill inside the write of this step (or, if missed, the first later one)
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -28,9 +28,12 @@ TINY_MODEL = dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_levels=(), head_d
 
 
 def tiny_config(**sampler):
+  """The plain DDPM (the image itself diffused, eps-prediction); the residual mode has its own tests."""
   c = get_config()
   c.model.update(TINY_MODEL)
   c.model.cond_encoder = "conv"
+  c.diffusion.estimate = "none"
+  c.diffusion.prediction = "eps"
   c.diffusion.timesteps = 20
   c.sampler.update({**dict(name="ddim", steps=4, tile_size=64, tile_overlap=8, tile_batch=2), **sampler})
   c.batch_size = 4
@@ -126,7 +129,7 @@ def test_q_sample_and_targets():
     np.testing.assert_allclose(eps_hat, noise, atol=2e-3)
 
 
-@pytest.mark.parametrize("prediction", ["eps", "v"])
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
 def test_samplers_recover_x0_with_an_oracle_model(prediction):
   """A model that knows x0 (its output is the exact eps or v of x_t) makes every sampler return x0."""
   s = diffusion.make_schedule("linear", 1000)
@@ -135,6 +138,8 @@ def test_samplers_recover_x0_with_an_oracle_model(prediction):
   def oracle(x, t):
     abar = s.alphas_cumprod[t]
     eps = (x - jnp.sqrt(abar) * x0) / jnp.sqrt(1 - abar)
+    if prediction == "x0":
+      return jnp.broadcast_to(x0, x.shape)
     return eps if prediction == "eps" else jnp.sqrt(abar) * eps - jnp.sqrt(1 - abar) * x0
 
   for sampler, steps, eta in (("ddpm", None, 0.0), ("ddim", 7, 0.0), ("ddim", 7, 1.0)):
@@ -412,12 +417,94 @@ def test_vam_drdb_encoder():
   assert out.shape == (1, 15, 18, 3)
 
 
+# --------------------------------------------------------------------------------------------------
+# Residual mode: the DDPM refines a deterministic estimate
+
+
+TINY_ESTIMATOR = dict(name="ahdrnet", output_head="merge", channels=8, growth=4, n_blocks=1, n_dense=2)
+
+
+def residual_config(estimate="network", **sampler):
+  c = tiny_config(**sampler)
+  c.diffusion.update(estimate=estimate, prediction="x0", residual_scale=2.0)
+  c.estimator.update(TINY_ESTIMATOR)
+  c.estimator_optimizer.update(schedule="constant", warmup_steps=0)
+  return c
+
+
+@pytest.fixture(scope="module")
+def residual_engine():
+  e = engine.Engine(residual_config())
+  return e, e.init_state(jax.random.key(0))
+
+
+def _frames(seed=0, h=20, w=28):
+  from hdr_jax import synthesize
+
+  s = synthesize.synthesize_scene(seed, h, w)
+  return s["frames"][None], np.float32(s["exposures"])[None], s["gt"]
+
+
+def test_untrained_residual_ddpm_returns_its_estimate_which_starts_as_the_classical_merge(residual_engine):
+  """x0-prediction through the U-Net's zero-initialised output: every sampler's residual is exactly 0,
+  so the prediction is the estimate, and the untrained merge-head estimator is the classical merge."""
+  e, state = residual_engine
+  frames, ev, _ = _frames()
+  merge = np.asarray(hdr_math.gamma_encode(hdr_math.merge_exposures(frames / 255.0, ev)))
+  est = e.predict_estimate(state, frames, ev)
+  np.testing.assert_allclose(est, merge, atol=1e-5)
+  # Through the diffusion variable (mu-law, clipped at the short frame's maximum) and back.
+  np.testing.assert_allclose(e.predict(state, frames, ev), est, atol=2e-4)
+  m = engine.Engine(residual_config("merge"))
+  np.testing.assert_allclose(m.predict_estimate(m.init_state(jax.random.key(0)), frames, ev), merge, atol=1e-5)
+
+
+def test_residual_mode_trains_both_networks_and_conditions_on_the_estimate(residual_engine):
+  """A train step updates the estimator with its own loss and the U-Net on the residual; the U-Net's
+  input has 3 more conditioning channels (the estimate) than the plain mode's."""
+  e, state = residual_engine
+  bundle = e.bundle(state)
+  plain = nnx.eval_shape(lambda: engine.Engine(tiny_config()).task.create(jax.random.key(0)))
+  assert bundle.model.conv_in.kernel.shape[2] == plain.model.conv_in.kernel.shape[2] + 3
+  frames, ev, gt = _frames(1, 32, 32)
+  batch = e.global_batch({"frames": np.repeat(frames, 4, 0), "exposures": np.repeat(ev, 4, 0),
+                          "gt": np.repeat(gt[None], 4, 0).astype(np.float32)})
+  before = jax.tree.map(np.asarray, nnx.state(bundle, nnx.Param).to_pure_dict())
+  new_state, metrics = e.train_step(jax.tree.map(jnp.copy, state), batch, jax.random.key(3))
+  after = nnx.state(e.bundle(new_state), nnx.Param).to_pure_dict()
+  assert {"loss", "estimator_loss", "estimator_grad_norm"} <= set(metrics)
+  assert np.isfinite(float(metrics["loss"])) and float(metrics["estimator_grad_norm"]) > 0
+  for part in ("model", "estimator"):
+    changed = jax.tree.leaves(jax.tree.map(lambda a, b: not np.array_equal(a, np.asarray(b)), before[part], after[part]))
+    assert any(changed), part
+
+
+def test_residual_mode_settings_are_checked_by_name():
+  with pytest.raises(ValueError, match="config.diffusion.estimate"):
+    DiffusionTask(residual_config("average"))
+  c = residual_config()
+  c.model.conditional = False
+  with pytest.raises(ValueError, match="needs a conditional model"):
+    DiffusionTask(c)
+  with pytest.raises(ValueError, match="config.diffusion.residual_scale"):
+    DiffusionTask(_scaled(0.0))
+
+
+def _scaled(scale):
+  c = residual_config()
+  c.diffusion.residual_scale = scale
+  return c
+
+
 def test_configs():
   full = get_config("full")
   m = nnx.eval_shape(lambda: UNet(**{k: v for k, v in full.model.items() if k != "name"}, rngs=nnx.Rngs(0)))
   n = sum(x.size for x in jax.tree.leaves(nnx.state(m, nnx.Param)))
   assert 30e6 < n < 40e6, n
   assert full.sampler.name == "ddpm" and full.model.cond_encoder == "vam_drdb"
+  uncond = get_config("unconditional")
+  assert not uncond.model.conditional and uncond.diffusion.estimate == "none"
+  DiffusionTask(uncond)
   with pytest.raises(ValueError):
     get_config("huge")
 
@@ -433,7 +520,10 @@ def test_bad_sampler_settings_are_refused_by_name(field, value):
 
 
 def test_train_command_end_to_end(tmp_path):
+  """The main job's config (the residual DDPM on its jointly trained estimate) at tiny size: its summary
+  prints the sample's PSNR, the estimate's beside it and the medium-frame baseline."""
   tiny = [f"--config.model.{k}={v}" for k, v in TINY_MODEL.items() if k not in ("ch_mult", "attn_levels")]
+  tiny += [f"--config.estimator.{k}={v}" for k, v in TINY_ESTIMATOR.items() if k not in ("name", "output_head")]
   args = [sys.executable, "-m", "hdr_jax.train", "--config=configs/diffusion.py", f"--workdir={tmp_path / 'run'}",
           *tiny, "--config.model.ch_mult=(1,2)", "--config.model.attn_levels=(1,)",
           "--config.num_train_steps=2", "--config.batch_size=2", "--config.data.patch_size=16",
@@ -448,7 +538,11 @@ def test_train_command_end_to_end(tmp_path):
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
   summary = json.loads((tmp_path / "run" / "summary.json").read_text())
   assert summary["step"] == 2 and summary["checkpoints"] == [2]
-  assert np.isfinite(summary["eval"]["psnr_mu"])
+  assert np.isfinite(summary["eval"]["psnr_mu"]) and np.isfinite(summary["eval"]["estimate_psnr_mu"])
+  ev = summary["eval"]
+  assert f"validation PSNR-mu {ev['psnr_mu']:.2f} dB" in proc.stdout
+  assert f"the estimate it refines: PSNR-mu {ev['estimate_psnr_mu']:.2f} dB" in proc.stdout
+  assert f"medium-frame baseline: PSNR-mu {ev['baseline_psnr_mu']:.2f} dB" in proc.stdout
   assert any((tmp_path / "run" / "images").rglob("*.png"))
 
 

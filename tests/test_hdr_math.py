@@ -283,7 +283,13 @@ def test_merge_head_at_zero_is_the_merge_and_its_residual_is_bounded():
   z = np.zeros((1, *frames.shape[2:4], 6), np.float32)
   merged = np.asarray(hdr_math.merge_exposures(frames, ev))
   np.testing.assert_allclose(np.asarray(hdr_math.merge_head(frames, ev, z, 0.25)), merged, atol=1e-5)
-  z[..., 3:] = 50.0  # saturated residual: + 0.25 * 2 ** 2 everywhere
-  np.testing.assert_allclose(np.asarray(hdr_math.merge_head(frames, ev, z, 0.25)), merged + 1.0, rtol=1e-5)
-  z[..., 3:] = -50.0  # never negative
-  assert np.asarray(hdr_math.merge_head(frames, ev, z, 0.25)).min() == 0.0
+  # A saturated residual moves every pixel by the bound in the mu-law domain of radiance over the
+  # short frame's maximum (2 ** 2 here), written out in NumPy: up, and down but never below 0.
+  m, mu = 4.0, 5000.0
+  t = np.log1p(mu * merged / m) / np.log1p(mu)
+  for sign in (1.0, -1.0):
+    z[..., 3:] = 50.0 * sign
+    want = np.expm1(np.maximum(t + 0.25 * sign, 0.0) * np.log1p(mu)) / mu * m
+    got = np.asarray(hdr_math.merge_head(frames, ev, z, 0.25))
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-7)
+  assert (got[t < 0.25] == 0.0).all() and (got[t > 0.26] > 0.0).all()

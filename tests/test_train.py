@@ -175,31 +175,38 @@ def test_entry_points_end_to_end(tmp_path):
 
 
 def test_overfitting_a_few_scenes_beats_the_medium_frame(tmp_path):
-  """The model, loss and optimiser learn: on two small synthetic scenes, a small AHDRNet trained on
-  whole frames for 300 steps is well above the medium-frame baseline (which ignores the other two
-  exposures and so loses the saturated highlights)."""
+  """The model, loss and optimiser learn: on two small synthetic scenes (64x64, with motion and
+  lights brighter than the short frame records), a small AHDRNet with the merge head trained on whole
+  frames for 300 steps (Adam 3e-3) is well above where it starts (the classical merge, which ghosts)
+  and above the medium-frame baseline (which loses the saturated highlights).
+
+  The bounds come from the measured spread (2026-12-07, seeds 0-4 for data, initialisation and
+  iterator together, OpenCV 4.14 and 5.1, the 2-core CPU machine): the trained network was 6.85-12.41
+  dB above the medium frame and 6.85-10.03 dB above its start; seed 3, used here, 6.85 / 6.85 dB
+  (benchmarks/RESULTS.md). The direct sigmoid head it replaced collapsed on seed 1 (loss stuck, 11 dB)."""
   import jax
 
   from hdr_jax import config_base, data, engine, synthesize
   from hdr_jax import io as hio
 
-  root = synthesize.ensure_dataset(tmp_path / "data", 2, 64, 64, seed=3, verbose=False)
+  seed = 3
+  root = synthesize.ensure_dataset(tmp_path / "data", 2, 64, 64, seed=seed, verbose=False)
   c = config_base.get_base_config()
   c.model.name = "ahdrnet"
-  c.model.update(channels=16, growth=8, n_blocks=2, n_dense=3)
+  c.model.update(channels=16, growth=8, n_blocks=2, n_dense=3, output_head="merge")
   c.batch_size = 2
   c.optimizer.update(learning_rate=3e-3, schedule="constant")
   e = engine.Engine(c)
-  state = e.init_state(jax.random.key(0))
-  it = data.make_train_iterator(data.NtireSource(root), patch_size=64, global_batch_size=2, seed=0)
+  state = e.init_state(jax.random.key(seed))
+  it = data.make_train_iterator(data.NtireSource(root), patch_size=64, global_batch_size=2, seed=seed)
   scenes = hio.validate_folder(root, require_gt=True)
   start, _ = engine.evaluate_scenes(e, state, scenes)
   for i in range(300):
     state, m = e.train_step(state, e.global_batch(next(it)), jax.random.key(i))
   means, rows = engine.evaluate_scenes(e, state, scenes)
   assert np.isfinite(float(m["loss"]))
-  assert means["psnr_mu"] > start["psnr_mu"] + 10
-  assert means["psnr_mu"] > means["baseline_psnr_mu"] + 2.0, means
+  assert means["psnr_mu"] > start["psnr_mu"] + 5.0, (start, means)
+  assert means["psnr_mu"] > means["baseline_psnr_mu"] + 5.0, means
 
 
 def test_compilation_cache_is_filled_then_reused(tmp_path):

@@ -41,6 +41,9 @@ class AHDRNet(nnx.Module):
     n_blocks: number of DRDBs (3).
     gamma: gamma of the LDR -> linear mapping of the inputs.
     input_domain: ``'linear'`` (``H = LDR ** gamma / 2 ** ev``, the paper) or ``'gamma'``.
+    exposure_reference: the frame ``ev`` of the inputs is counted from: ``'medium'`` (NTIRE's convention:
+      the short frame's ``H`` reaches ``2 ** -ev_short``, 8-16) or ``'short'`` (the paper's and Kalantari's
+      data: ``H`` in [0, 1]). The output is linear HDR relative to the medium frame either way.
     output_head: ``'exposure'`` (sigmoid times ``hdr_math.max_radiance``), ``'sigmoid'`` (the raw
       sigmoid: Kalantari-style [0, 1] linear HDR, what the published weights produce) or ``'merge'``
       (the last convolution, zero-initialised, gives per-pixel merge-weight gains and a bounded
@@ -54,11 +57,14 @@ class AHDRNet(nnx.Module):
   """
 
   def __init__(self, *, channels: int = 64, growth: int = 32, n_dense: int = 6, n_blocks: int = 3,
-               gamma: float = hdr_math.GAMMA, input_domain: str = "linear", output_head: str = "exposure",
+               gamma: float = hdr_math.GAMMA, input_domain: str = "linear", exposure_reference: str = "medium",
+               output_head: str = "exposure",
                merge_residual: float = 0.25, polyphase: bool = True, dense_form: str = "scatter", dtype=jnp.float32, param_dtype=jnp.float32,
                rngs: nnx.Rngs):
     if input_domain not in ("linear", "gamma"):
       raise ValueError(f"input_domain must be 'linear' or 'gamma', got {input_domain!r}")
+    if exposure_reference not in hdr_math.EXPOSURE_REFERENCES:
+      raise ValueError(f"exposure_reference must be one of {hdr_math.EXPOSURE_REFERENCES}, got {exposure_reference!r}")
     if output_head not in OUTPUT_HEADS:
       raise ValueError(f"output_head must be one of {OUTPUT_HEADS}, got {output_head!r}")
     c = channels
@@ -79,6 +85,7 @@ class AHDRNet(nnx.Module):
       self.conv3 = Conv2d(c, 3, 3, **kw)
     self.gamma = gamma
     self.input_domain = input_domain
+    self.exposure_reference = exposure_reference
     self.output_head = output_head
     self.merge_residual = merge_residual
     self.polyphase = polyphase
@@ -118,7 +125,8 @@ class AHDRNet(nnx.Module):
     stops -> linear HDR ``(B, H, W, 3)`` float32. Any H, W, with the official model's border handling
     (zero padding of every convolution): even sizes run the polyphase trunk, odd ones the dilated
     trunk, both exact."""
-    x = hdr_math.ldr_to_hdr_inputs(frames, exposures, self.gamma, domain=self.input_domain)
+    x = hdr_math.ldr_to_hdr_inputs(frames, exposures, self.gamma, domain=self.input_domain,
+                                   reference=self.exposure_reference)
     if self.output_head == "merge":
       z = self.raw_output(x[:, 0], x[:, 1], x[:, 2])
       return hdr_math.merge_head(frames, exposures, z, self.merge_residual, self.gamma)

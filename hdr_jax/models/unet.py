@@ -245,6 +245,8 @@ class UNet(nnx.Module):
       ``drdb_growth``, ``drdb_layers``, ``drdb_reference``, ``polyphase``; default
       ``vam.VAM_DRDB_DEFAULTS``).
     cond_conv_hidden: hidden width of the ``'conv'`` encoder.
+    cond_estimate: the conditioning also holds a deterministic estimate of the image (3 more channels
+      after the encoder's features, given to :meth:`encode`): the DDPM task's residual mode.
     gn_stats: how GroupNorm reduces its statistics: ``'group'`` (one reduction over ``(H*W, C/G)`` per
       group) or ``'channel'`` (per-channel sums over ``H, W``, then per group); the same values to
       float32 rounding, two ways for XLA to schedule the reduction (GroupNorm statistics were 24 % of
@@ -254,7 +256,8 @@ class UNet(nnx.Module):
   def __init__(self, *, ch: int = 64, ch_mult=(1, 2, 2), num_res_blocks: int = 2, attn_levels=None,
                head_dim: int = 64, groups: int = 32, out_channels: int = 3, conditional: bool = True,
                cond_encoder: str = "vam_drdb", cond_channels: int = 32, cond_all_scales: bool = True,
-               cond_vam_drdb=None, cond_conv_hidden: int = 64, gn_stats: str = "group", dtype=jnp.float32,
+               cond_vam_drdb=None, cond_conv_hidden: int = 64, cond_estimate: bool = False,
+               gn_stats: str = "group", dtype=jnp.float32,
                param_dtype=jnp.float32,
                rngs: nnx.Rngs):
     ch_mult = _ints("ch_mult", ch_mult)
@@ -281,7 +284,9 @@ class UNet(nnx.Module):
       else:
         encoder = ConvEncoder(cond_channels, cond_conv_hidden, **kw)
     self.encoder = encoder
-    self.conv_in = Conv(3 + (cond_channels if conditional else 0), ch, (3, 3), **kw)
+    self.cond_estimate = conditional and cond_estimate
+    cond_in = cond_channels + (3 if self.cond_estimate else 0)
+    self.conv_in = Conv(3 + (cond_in if conditional else 0), ch, (3, 3), **kw)
 
     def attn(c):
       return AttnBlock(c, head_dim, groups, gn_stats=gn_stats, **kw)
@@ -291,7 +296,7 @@ class UNet(nnx.Module):
     for i, m in enumerate(ch_mult):
       out = ch * m
       if self.cond_all_scales:
-        cond_proj.append(Conv(cond_channels, chans, (1, 1), kernel_init=nnx.initializers.zeros, **kw))
+        cond_proj.append(Conv(cond_in, chans, (1, 1), kernel_init=nnx.initializers.zeros, **kw))
       for _ in range(num_res_blocks):
         down.append(ResBlock(chans, out, temb_dim, groups, gn_stats=gn_stats, **kw))
         down_attn.append(attn(out) if i in attn_levels else None)
@@ -322,11 +327,17 @@ class UNet(nnx.Module):
     self.norm_out = GroupNorm(chans, _groups(chans, groups), stats=gn_stats, **kw)
     self.conv_out = Conv(chans, out_channels, (3, 3), kernel_init=nnx.initializers.zeros, **kw)
 
-  def encode(self, frames, exposures):
-    """Conditioning features ``(B, H, W, cond_channels)`` from the LDR frames (computation dtype)."""
+  def encode(self, frames, exposures, estimate=None):
+    """Conditioning features ``(B, H, W, cond_channels)`` from the LDR frames (computation dtype),
+    followed by ``estimate (B, H, W, 3)`` when the model conditions on one (``cond_estimate``)."""
     if self.encoder is None:
       raise ValueError("encode: the model is unconditional (config.model.conditional=False)")
-    return self.encoder(frames.astype(jnp.float32), exposures).astype(self.dtype)
+    if (estimate is None) == self.cond_estimate:
+      raise ValueError("UNet.encode: pass an estimate exactly when the model conditions on one (cond_estimate)")
+    feats = self.encoder(frames.astype(jnp.float32), exposures).astype(self.dtype)
+    if estimate is not None:
+      feats = jnp.concatenate([feats, estimate.astype(self.dtype)], axis=-1)
+    return feats
 
   def __call__(self, x, t, cond=None):
     if (cond is None) == self.conditional:

@@ -6,7 +6,9 @@ trainer splits the bundle into ``(graphdef, state)``, replicates the state over 
 and calls the task's pure methods inside ``jax.jit``:
 
 * ``train_step(bundle, batch, key) -> dict of scalar metrics`` updates the bundle in place;
-* ``predict(bundle, frames, exposures, key) -> gamma-domain HDR (B, H, W, 3)``.
+* ``predict(bundle, frames, exposures, key) -> gamma-domain HDR (B, H, W, 3)``;
+* where ``has_estimate`` is true (a DDPM refining a deterministic estimate),
+  ``predict_estimate(bundle, frames, exposures)`` -> that estimate, gamma-domain HDR (B, H, W, 3).
 
 ``batch`` arrives on device with ``frames`` as float32 in [0, 1] ``(B, 3, P, P, 3)``, ``exposures``
 ``(B, 3)`` and ``gt`` gamma-domain ``(B, P, P, 3)``.
@@ -56,6 +58,8 @@ class Task:
 
   # Metric used to pick the best checkpoint (higher is better).
   best_metric = "psnr_mu"
+  # Whether predict refines a deterministic estimate that predict_estimate returns (scored beside it).
+  has_estimate = False
 
   def __init__(self, config):
     self.config = config
@@ -69,6 +73,9 @@ class Task:
 
   def predict(self, bundle, frames, exposures, key):
     raise NotImplementedError
+
+  def predict_estimate(self, bundle, frames, exposures):
+    raise NotImplementedError(f"task {self.config.task!r} has no deterministic estimate")
 
   def build_model(self, model_cfg, key) -> nnx.Module:
     return models.build_model(model_cfg, self.config.dtype, rngs=nnx.Rngs(params=key))
