@@ -9,6 +9,7 @@ along ``data``; parameters and optimiser state are replicated. Every function is
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -315,7 +316,9 @@ def resolve_data(config) -> tuple[Path | None, Path]:
   e = d.embedded
   cache = Path(d.cache_dir) if d.cache_dir else synthesize.default_cache_dir()
   hdr_files = tuple(str(Path(p)) for p in e.hdr_files)
-  tag = "real" if hdr_files else "proc"
+  tag = "proc"
+  if any(p != synthesize.PROCEDURAL for p in hdr_files):  # the maps' names in short: other maps, other folder
+    tag = "real" + hashlib.sha1("\n".join(hdr_files).encode()).hexdigest()[:8]
   if need_train:
     train = cache / f"embedded_{tag}_train_n{e.train_scenes}_{e.height}x{e.width}_s{e.seed}"
   if need_val:

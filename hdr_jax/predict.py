@@ -1,6 +1,7 @@
 r"""Predicts HDR images for a folder of NTIRE scenes with a trained checkpoint.
 
   python -m hdr_jax.predict --workdir=runs/vam_drdb --input=NTIRE_DIR --output=OUT [--format=ntire|exr|hdr]
+  python -m hdr_jax.predict --pretrained=NAME --input=NTIRE_DIR --output=OUT    # a model shipped in the package
 
 ``ntire`` (default) writes the official results layout (``NNNN.png`` 16-bit + ``NNNN_alignratio.npy``)
 that ``python -m hdr_jax.score`` and the official scoring program read; ``exr``/``hdr`` write linear
@@ -21,8 +22,10 @@ from hdr_jax import io as hio
 
 def _define_flags():
   """Command-line flags, defined when the program runs (importing the module defines none)."""
-  global _WORKDIR, _INPUT, _OUTPUT, _FORMAT, _STEP, _SET
+  global _WORKDIR, _PRETRAINED, _INPUT, _OUTPUT, _FORMAT, _STEP, _SET
   _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding config.json and checkpoints/.")
+  _PRETRAINED = flags.DEFINE_string("pretrained", None, "A model shipped in the package, instead of --workdir "
+                                    "(hdr_jax.pretrained.available() lists them).")
   _INPUT = flags.DEFINE_string("input", None, "NTIRE folder of scenes (NNNN_short/medium/long.png, NNNN_exposures.npy).")
   _OUTPUT = flags.DEFINE_string("output", None, "Output folder.")
   _FORMAT = flags.DEFINE_enum("format", "ntire", ["ntire", "exr", "hdr"], "Output format.")
@@ -30,7 +33,15 @@ def _define_flags():
   _SET = flags.DEFINE_multi_string("set", [], "Config overrides KEY=VALUE (e.g. sampler.steps=50 for diffusion).")
 
 
-def run(workdir, input_dir, output_dir, fmt="ntire", step="latest", overrides=None) -> list[Path]:
+def run(workdir, input_dir, output_dir, fmt="ntire", step="latest", overrides=None, pretrained=None) -> list[Path]:
+  """Predicts every scene of ``input_dir`` into ``output_dir`` with the checkpoint of ``workdir``, or
+  with the shipped model ``pretrained`` (exactly one of the two); returns the files written."""
+  if (workdir is None) == (pretrained is None):
+    raise ValueError("give exactly one of --workdir (a training run) and --pretrained (a shipped model)")
+  if pretrained is not None:
+    from hdr_jax import pretrained as pretrained_lib
+
+    workdir = pretrained_lib.path(pretrained)
   scenes = hio.validate_folder(input_dir)
   if jax.process_index() == 0:  # before the model is built: an unwritable --output fails at once
     hio.writable_dir(output_dir, "output folder")
@@ -55,7 +66,7 @@ def main(argv=None):
   _define_flags()
   engine_lib.run_cli(
       lambda: run(_WORKDIR.value, _INPUT.value, _OUTPUT.value, _FORMAT.value, _STEP.value,
-                  engine_lib.parse_overrides(_SET.value)), argv, required=(_WORKDIR, _INPUT, _OUTPUT))
+                  engine_lib.parse_overrides(_SET.value), _PRETRAINED.value), argv, required=(_INPUT, _OUTPUT))
 
 
 if __name__ == "__main__":

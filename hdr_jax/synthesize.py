@@ -209,7 +209,13 @@ def _procedural_canvas(rng, hc, wc, margin, height, width):
 # --------------------------------------------------------------------------------------------------
 
 
-def _load_source(path) -> np.ndarray:
+# In a list of radiance maps, this name stands for a procedural scene (mixing the two kinds of scene).
+PROCEDURAL = "procedural"
+
+
+def _load_source(path) -> np.ndarray | None:
+  if str(path) == PROCEDURAL:
+    return None
   img = io.read_hdr_image(path)
   if img.shape[0] < 2 or img.shape[1] < 2 or not img.max() > 0:
     raise io.DataError(path, "radiance map is empty or entirely black")
@@ -428,7 +434,9 @@ def scene_rng(seed: int, index: int) -> np.random.Generator:
 def synthesize_folder(out, scenes: int, height: int, width: int, hdr_files: Sequence = (), seed: int = 0,
                       start_index: int = 0, verbose: bool = True, **scene_kwargs) -> list[str]:
   """Writes scenes ``start_index .. start_index + scenes - 1`` into the NTIRE folder ``out``; scene
-  ``i`` uses ``hdr_files[i % len(hdr_files)]`` (procedural without files). Every file is read (and
+  ``i`` uses ``hdr_files[i % len(hdr_files)]`` (procedural without files, and where the entry is
+  :data:`PROCEDURAL`, which mixes the two kinds: ``('procedural', 'a.exr')`` makes every other scene
+  procedural). Every file is read (and
   checked) before anything is written. ``scene_kwargs`` go to :func:`synthesize_scene`. Returns the ids."""
   from tqdm import tqdm
 
@@ -446,7 +454,8 @@ def synthesize_folder(out, scenes: int, height: int, width: int, hdr_files: Sequ
     io.write_scene(out, sid, s["frames"], s["exposures"], s["gt"])
     ids.append(sid)
   if verbose:
-    kind = f"from {len(sources)} radiance maps" if sources else "procedural"
+    real = sum(s is not None for s in sources)
+    kind = (f"from {real} radiance maps" + (" and procedural" if real < len(sources) else "")) if real else "procedural"
     print(f"synthesized {scenes} scenes ({kind}) of {height}x{width} into {out} in "
           f"{time.perf_counter() - start:.2f} s")
   return ids
@@ -456,7 +465,8 @@ def _params(scenes, height, width, hdr_files, seed, scene_kwargs) -> dict:
   """The marker's content, as it reads back from JSON (tuples become lists)."""
   return json.loads(json.dumps({
       "generator_version": GENERATOR_VERSION, "scenes": int(scenes), "height": int(height), "width": int(width),
-      "hdr_files": [str(Path(p).resolve()) for p in hdr_files], "seed": int(seed),
+      "hdr_files": [str(p) if str(p) == PROCEDURAL else str(Path(p).resolve()) for p in hdr_files],
+      "seed": int(seed),
       "options": dict(sorted(scene_kwargs.items()))}))
 
 

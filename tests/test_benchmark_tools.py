@@ -79,7 +79,10 @@ def test_sampler_quality_tiny(tmp_path):
        "--val_scenes=1", "--samplers=ddpm,ddim:5:1", "--seeds=0,1", "--set=diffusion.timesteps=20",
        "--set=sampler.steps=5", "--set=data.embedded.train_scenes=2", "--set=batch_size=2",
        "--set=data.patch_size=32", "--set=data.embedded.height=48", "--set=data.embedded.width=48",
-       "--set=data.embedded.val_height=32", "--set=data.embedded.val_width=48", f"--json={out}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+       "--set=data.embedded.val_height=32", "--set=data.embedded.val_width=48", "--set=model.ch=8",
+       "--set=model.groups=4", "--set=model.cond_channels=4", "--set=model.cond_conv_hidden=8",
+       "--set=estimator.channels=8", "--set=estimator.growth=4", "--set=estimator.n_blocks=1",
+       "--set=estimator.n_dense=2", f"--json={out}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   report = json.loads(out.read_text())
   assert [(r["sampler"], r["seed"]) for r in report["rows"]] == [("ddpm (all T)", 0), ("ddpm (all T)", 1),
