@@ -44,7 +44,7 @@
 # models.py runs the models in MODELS order (PyTorch right after the first AHDRNet): a run cut short by its
 # deadline loses the later ones only.
 # Local dry run (no wheel install, tiny sizes):
-#   HDR_BENCH_NO_INSTALL=1 PYTHON=/work/venv/bin/python OUT=/tmp/gpu_out BATCH=2 PATCH=64 HEIGHT=64 WIDTH=96 \
+#   HDR_BENCH_NO_INSTALL=1 PYTHON=.venv/bin/python OUT=/tmp/gpu_out BATCH=2 PATCH=64 HEIGHT=64 WIDTH=96 \
 #     REPEATS=2 MODELS=ahdrnet DTYPES=float32 MODELS_B=vam PIPELINE_ARGS="--pipeline_height=128 \
 #     --pipeline_width=192 --pipeline_scenes=4 --workers=0" DIFFUSION_ARGS="--size=small --height=32 --width=32 \
 #     --batch=2 --steps=5 --ddim_steps=2 --python_steps=3 --torch_steps=2 --repeats=1" SKIP=quality,profile \

@@ -23,7 +23,7 @@ r"""Held-out quality benchmark: every model trained for the same budget, scored 
    ``hdr_jax.metrics_log.tonemap_for_display``) and the runs' workdirs under ``runs/``. The files are
    rewritten after every run, so an interrupted benchmark leaves what it measured.
 
-  python benchmarks/quality.py --hdr /work/shared/data/hdr/*.exr --steps=200 --size=64 --seeds=0,1,2 \
+  python benchmarks/quality.py --hdr ../shared/data/hdr/*.exr --steps=200 --size=64 --seeds=0,1,2 \
       --models=ahdrnet,vam,vam_drdb,vam_drdb_ldae --out=benchmarks/out/quality
   python benchmarks/quality.py --tiny --hdr A.exr B.exr --out=/tmp/quality     # CI-sized, about a minute
 

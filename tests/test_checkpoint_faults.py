@@ -90,10 +90,6 @@ def missing_meta(step_dir):
   shutil.rmtree(step_dir / "meta")
 
 
-def missing_data_folder(step_dir):
-  shutil.rmtree(step_dir / "data")
-
-
 def missing_data_json(step_dir):
   for f in (step_dir / "data").glob("process_*.json"):
     f.unlink()
@@ -109,8 +105,7 @@ def uncommitted_step_folder(step_dir):
   shutil.rmtree(step_dir / "state" / "ocdbt.process_0")
 
 
-DAMAGE = [truncate_array_file, random_bytes_in_array_file, missing_meta, missing_data_folder, missing_data_json,
-          uncommitted_step_folder]
+DAMAGE = [truncate_array_file, random_bytes_in_array_file, missing_meta, missing_data_json, uncommitted_step_folder]
 
 
 @pytest.mark.parametrize("damage", DAMAGE, ids=lambda f: f.__name__)

@@ -1,7 +1,5 @@
 """hdr_math against direct transcriptions of SPEC sections 1-2 (the official NumPy code's style)."""
 
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
