@@ -115,7 +115,7 @@ class DiffusionTask(Task):
 
   def create(self, key) -> DiffusionBundle:
     c = self.config
-    model_cfg = dict(c.model, cond_estimate=self.estimate != "none")
+    model_cfg = dict(c.model, cond_estimate=self.has_estimate)
     model = self.build_model(model_cfg, key)
     estimator = estimator_tx = None
     if self.estimate == "network":
@@ -156,8 +156,8 @@ class DiffusionTask(Task):
       est_x0 = diffusion.linear_to_x0(pred, exposures)
       bundle.estimator_opt.update(est, est_grads)
       metrics.update(estimator_loss=est_loss, estimator_grad_norm=optax.global_norm(est_grads))
-    elif self.estimate == "merge":
-      est_x0 = diffusion.linear_to_x0(hdr_math.merge_exposures(frames, exposures), exposures)
+    elif self.has_estimate:  # the classical merge: nothing to train
+      est_x0 = diffusion.linear_to_x0(self.estimate_linear(bundle, frames, exposures), exposures)
     if est_x0 is not None:
       est_x0 = jax.lax.stop_gradient(est_x0)
       x0 = jnp.clip(self.residual_scale * (x0 - est_x0), -1.0, 1.0)  # the range the sampler's x0 is clipped to
