@@ -48,7 +48,8 @@ class AHDRNet(nnx.Module):
       sigmoid: Kalantari-style [0, 1] linear HDR, what the published weights produce) or ``'merge'``
       (the last convolution, zero-initialised, gives per-pixel merge-weight gains and a bounded
       residual: :func:`hdr_math.merge_head`; an untrained network is the classical merge).
-    merge_residual: the merge head's residual bound, in units of ``hdr_math.max_radiance``.
+    merge_residual: the merge head's residual bound, in the mu-law domain of radiance over
+      ``hdr_math.max_radiance`` (:func:`hdr_math.merge_head`).
     polyphase: run the DRDB trunk in the polyphase-folded layout.
     dense_form: how the DRDBs' dense layers are evaluated, ``'concat'`` or ``'scatter'`` (same
       parameters and function; :class:`hdr_jax.models.layers.DRDB`).

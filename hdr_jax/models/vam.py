@@ -369,7 +369,7 @@ class HDRVAM(nnx.Module):
   HDR relative to the medium frame; ``'logit'`` the official mapping ``max(z, 0) ** gamma`` (z = logit
   of the official sigmoid output = gamma-domain HDR), linear HDR; ``'sigmoid'`` the raw ``sigmoid(z)``
   (official target domain ``sigmoid(gt_gamma)``); ``'merge'`` (not official) a zero-initialised 6-channel
-  last layer giving merge-weight gains and a residual bounded by ``merge_residual * max_radiance``
+  last layer giving merge-weight gains and a residual bounded by ``merge_residual`` in the mu-law domain
   (:func:`hdr_math.merge_head`: untrained, the classical merge). ``train``: None uses the module mode
   (``model.train()`` / ``model.eval()``), True/False forces batch / moving BatchNorm statistics.
   """
