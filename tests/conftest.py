@@ -1,5 +1,7 @@
 """Shared pytest fixtures: small synthetic NTIRE data written with the project's own writers."""
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,21 @@ from hdr_jax import io
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The six real HDR photographs lie beside the repository (never inside it): ../shared/data/hdr.
 SHARED_HDR = REPO_ROOT.parent / "shared" / "data" / "hdr"
+# One persistent XLA compilation cache per test process (each xdist worker has its own, so no two
+# processes of different tests write one entry at once), shared by the entry points that tests start:
+# the tiny configs' train steps compile once per worker instead of once per test. Removed at the end.
+XLA_CACHE_DIR = Path(tempfile.mkdtemp(prefix="hdr_jax_tests_xla_"))
+
+
+def cli_env(**extra) -> dict:
+  """The environment of an entry point that a test starts: CPU only, the repository importable, the
+  shared compilation cache; ``extra`` adds or overrides variables."""
+  return {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT), "JAX_PLATFORMS": "cpu",
+          "JAX_COMPILATION_CACHE_DIR": str(XLA_CACHE_DIR), **extra}
+
+
+def pytest_unconfigure(config):
+  shutil.rmtree(XLA_CACHE_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

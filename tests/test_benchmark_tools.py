@@ -19,6 +19,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import common  # noqa: E402
 import profile_step  # noqa: E402
 import sampler_quality  # noqa: E402
+from conftest import cli_env
 
 
 def test_model_flops_counts_convolutions_matmuls_and_scan_lengths():
@@ -69,14 +70,14 @@ def test_sampler_quality_parses_samplers():
 
 
 def test_sampler_quality_tiny(tmp_path):
-  """Trains the main job's config for 4 steps through the trainer, then scores one checkpoint with the
-  full ancestral sampler and DDIM; the first sampler is the reference of the gaps."""
+  """Trains the main job's config for 2 steps through the trainer, then scores one checkpoint with the
+  full ancestral sampler and DDIM, two seeds each; the first sampler is the reference of the gaps."""
   out = tmp_path / "sq.json"
-  env = {"HDR_JAX_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT),
+  env = {"HDR_JAX_CACHE": str(tmp_path / "cache"), **cli_env(), "PYTHONPATH": str(ROOT),
          "JAX_PLATFORMS": "cpu"}
   proc = subprocess.run(
-      [sys.executable, "benchmarks/sampler_quality.py", f"--workdir={tmp_path / 'run'}", "--train_steps=4",
-       "--val_scenes=1", "--samplers=ddpm,ddim:5:1", "--seeds=0,1", "--set=diffusion.timesteps=20",
+      [sys.executable, "benchmarks/sampler_quality.py", f"--workdir={tmp_path / 'run'}", "--train_steps=2",
+       "--val_scenes=1", "--samplers=ddpm,ddim:5:1", "--seeds=0,1", "--set=diffusion.timesteps=10",
        "--set=sampler.steps=5", "--set=data.embedded.train_scenes=2", "--set=batch_size=2",
        "--set=data.patch_size=32", "--set=data.embedded.height=48", "--set=data.embedded.width=48",
        "--set=data.embedded.val_height=32", "--set=data.embedded.val_width=48", "--set=model.ch=8",

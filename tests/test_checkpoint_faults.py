@@ -17,6 +17,7 @@ from hdr_jax import checkpoint
 from hdr_jax import io as hio
 from test_train import ROOT, TINY, losses
 from test_train import run as _run
+from conftest import cli_env
 
 # Checkpoints at steps 2 and 4 (all kept); the resumed runs go on to step 6. Evaluation only at the end.
 CKPT = ["--config.checkpoint_every=2", "--config.eval_every=100", "--config.keep_checkpoints=5"]
@@ -307,7 +308,7 @@ def test_sigkill_inside_checkpoint_writes_then_rerun_resumes_with_the_same_losse
   args = [sys.executable, "-m", "hdr_jax.train",
           *train_args(wd, cache, "--config.num_train_steps=6", "--config.checkpoint_every=1",
                       "--config.eval_every=100", "--config.keep_checkpoints=10")]
-  env = {"HDR_JAX_CACHE": str(cache), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
+  env = {"HDR_JAX_CACHE": str(cache), **cli_env(), "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
          **STORE_ALL}
   killed_in = []
   for target in ("2", "4"):  # kill inside the write of this step (or, if missed, the first later one)

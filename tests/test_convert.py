@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 
 from hdr_jax import io as hio
+from conftest import cli_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(args, tmp_path, check=True):
-  env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "JAX_PLATFORMS": "cpu",
+  env = {**cli_env(), "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "JAX_PLATFORMS": "cpu",
          "HDR_JAX_CACHE": str(tmp_path / "cache")}
   proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   if check and proc.returncode != 0:

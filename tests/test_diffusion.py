@@ -22,6 +22,7 @@ from hdr_jax.tasks.diffusion import DiffusionTask, EmaParam
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from configs.diffusion import get_config  # noqa: E402
+from conftest import cli_env
 
 TINY_MODEL = dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_levels=(), head_dim=8, groups=4,
                   cond_channels=4, cond_conv_hidden=8)
@@ -532,7 +533,7 @@ def test_train_command_end_to_end(tmp_path):
           "--config.data.embedded.val_height=24", "--config.data.embedded.val_width=40",
           "--config.diffusion.timesteps=10", "--config.sampler.steps=2", "--config.progress=False",
           "--config.optimizer.warmup_steps=0"]
-  env = {"HDR_JAX_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT),
+  env = {"HDR_JAX_CACHE": str(tmp_path / "cache"), **cli_env(), "PYTHONPATH": str(ROOT),
          "JAX_PLATFORMS": "cpu"}
   proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]

@@ -23,6 +23,7 @@ from hdr_jax import engine as engine_lib
 from hdr_jax import io as hio
 from hdr_jax.models.discriminator import PatchDiscriminator, StridedConv
 from hdr_jax.tasks import gan
+from conftest import cli_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -192,7 +193,7 @@ def test_one_and_eight_devices_agree(engine, initial, tmp_path):
   with open(tmp_path / "init.pkl", "wb") as f:
     pickle.dump(nnx.to_pure_dict(initial), f)
   s, m1 = run_steps(engine, on_device(engine, initial), 3)
-  env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
+  env = {**cli_env(), "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
          "HDR_JAX_CACHE": str(tmp_path)}
   proc = subprocess.run([sys.executable, "-c", _DP_SCRIPT, str(tmp_path / "init.pkl"), str(tmp_path / "dp8.npz")],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -294,7 +295,7 @@ def test_entry_points_on_a_gan_checkpoint(tmp_path, monkeypatch):
   """The trainer CLI on configs/gan.py:ahdrnet, then predict and score on its checkpoint."""
   from hdr_jax import predict, score
 
-  env = {"HDR_JAX_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT),
+  env = {"HDR_JAX_CACHE": str(tmp_path / "cache"), **cli_env(), "PYTHONPATH": str(ROOT),
          "JAX_PLATFORMS": "cpu"}
   wd = tmp_path / "run"
   tiny = ["--config.model.channels=8", "--config.model.growth=4", "--config.model.n_blocks=1",

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import quality  # noqa: E402  (benchmarks/quality.py)
+from conftest import cli_env
 
 SMALL_STEM = dict(drdb_blocks=1, drdb_channels=8, drdb_growth=4, drdb_layers=2)  # quality.py --widths=small
 
@@ -110,11 +111,11 @@ def quality_run(tmp_path_factory, shared_hdr_files):
   (config.init.feature_extractor) go through the real trainer; the tests below read its workdirs."""
   tmp = tmp_path_factory.mktemp("quality")
   out = tmp / "q"
-  env = {"HDR_JAX_CACHE": str(tmp / "cache"), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT),
+  env = {"HDR_JAX_CACHE": str(tmp / "cache"), **cli_env(), "PYTHONPATH": str(ROOT),
          "JAX_PLATFORMS": "cpu"}
   hdr = shared_hdr_files[:2]
   proc = subprocess.run([sys.executable, "benchmarks/quality.py", "--tiny", "--models=ahdrnet,vam_drdb_ldae",
-                         "--seeds=0", "--steps=16", "--levels=static,noise,hard", f"--out={out}", "--hdr",
+                         "--seeds=0", "--steps=16", "--levels=static,hard", f"--out={out}", "--hdr",
                          *map(str, hdr)], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
@@ -200,17 +201,17 @@ def test_quality_benchmark_tiny(quality_run):
   assert json.loads((out / "runs" / "vam_drdb_ldae_s0" / "summary.json").read_text())["step"] == 8
   assert "copied into model.fe" in stdout and str(out / "runs" / "ldae_s0") in stdout
   for method in ("medium frame", "classical merge", "ahdrnet", "vam_drdb + l-DAE"):
-    assert [lv for lv in report["table"][method] if lv in quality.LEVELS] == ["static", "noise", "hard"]
-    for level in ("static", "noise", "hard"):
+    assert [lv for lv in report["table"][method] if lv in quality.LEVELS] == ["static", "hard"]
+    for level in ("static", "hard"):
       assert all(np.isfinite(report["table"][method][level][k][0]) for k in ("psnr_mu", "psnr_l", "ssim_mu"))
-  assert report["setup"]["levels"]["noise"] == {"camera_motion": 0.0, "object_motion": 0.0, "noise": 4.0}
+  assert report["setup"]["levels"]["static"] == {"camera_motion": 0.0, "object_motion": 0.0, "noise": 0.25}
   md = (out / "quality.md").read_text()
   assert "| ahdrnet |" in md and "| classical merge |" in md and "| vam_drdb + l-DAE |" in md
   from hdr_jax import io as hio
 
-  fig = hio.read_ldr_png(out / "quality_crops.png")  # 3 levels x (3 inputs, merge, 2 models, target)
-  assert fig.shape[0] > 3 * 128 and fig.shape[1] == 7 * 128 and fig.std() > 0.01  # 32-pixel crops shown x4
-  assert "| method | params | lr | static PSNR-mu | static PSNR-L | static SSIM-mu | noise PSNR-mu |" in md
+  fig = hio.read_ldr_png(out / "quality_crops.png")  # 2 levels x (3 inputs, merge, 2 models, target)
+  assert fig.shape[0] > 2 * 128 and fig.shape[1] == 7 * 128 and fig.std() > 0.01  # 32-pixel crops shown x4
+  assert "| method | params | lr | static PSNR-mu | static PSNR-L | static SSIM-mu | hard PSNR-mu |" in md
 
 
 def test_quality_figure_labels_wrap_to_the_column_instead_of_being_cut():

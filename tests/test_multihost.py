@@ -23,6 +23,7 @@ import jax
 import numpy as np
 import portpicker
 import pytest
+from conftest import cli_env
 
 ROOT = Path(__file__).resolve().parents[1]
 GLOBAL_DEVICES = 4
@@ -44,7 +45,7 @@ ARGS = [
 def train(workdir: Path, cache: Path, steps: int, processes: int) -> list[str]:
   """Runs the trainer in ``processes`` processes (all devices together: GLOBAL_DEVICES); returns each
   process's stdout, in process order. Fails with every process's output if one fails or hangs."""
-  base = {"HDR_JAX_CACHE": str(cache), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT),
+  base = {"HDR_JAX_CACHE": str(cache), **cli_env(), "PYTHONPATH": str(ROOT),
           "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(GLOBAL_DEVICES // processes)}
   if processes > 1:
     base.update(JAX_COORDINATOR_ADDRESS=f"localhost:{portpicker.pick_unused_port()}",

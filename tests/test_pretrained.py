@@ -8,6 +8,7 @@ import pytest
 
 from hdr_jax import pretrained
 from hdr_jax import io as hio
+from conftest import cli_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -15,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_a_bad_pretrained_name_is_one_error_listing_the_available_models(tmp_path, tiny_scene_dir):
   with pytest.raises(hio.DataError, match="no such shipped model; available: "):
     pretrained.path("no-such-model")
-  env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "HDR_JAX_CACHE": str(tmp_path)}
+  env = {**cli_env(), "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "HDR_JAX_CACHE": str(tmp_path)}
   proc = subprocess.run([sys.executable, "-m", "hdr_jax.predict", "--pretrained=no-such-model",
                          f"--input={tiny_scene_dir}", f"--output={tmp_path / 'out'}"], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=300)
@@ -42,7 +43,7 @@ def test_every_shipped_model_reproduces_its_recorded_score_through_predict(tmp_p
 
   names = pretrained.available()
   assert names, "no model is shipped in hdr_jax/pretrained"
-  env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "HDR_JAX_CACHE": str(tmp_path)}
+  env = {**cli_env(), "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "HDR_JAX_CACHE": str(tmp_path)}
   for name in names:
     s = pretrained.card(name)["slice"]
     photo = next(f for f in shared_hdr_files if f.name == s["hdr"])

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from hdr_jax import data, io, tiles
+from conftest import cli_env
 
 ROOT = Path(__file__).resolve().parents[1]
 H, W, TILE = 70, 90, 32  # edge tiles are partial in both directions
@@ -93,7 +94,7 @@ def test_training_batches_are_the_png_folders(folders, crops_per_scene, workers)
 
 
 def test_train_entry_point_reads_tiles(folders, tmp_path):
-  env = {"HDR_JAX_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT),
+  env = {"HDR_JAX_CACHE": str(tmp_path / "cache"), **cli_env(), "PYTHONPATH": str(ROOT),
          "JAX_PLATFORMS": "cpu"}
   args = [sys.executable, "-m", "hdr_jax.train", "--config=configs/ahdrnet.py", f"--workdir={tmp_path / 'w'}",
           "--config.model.channels=8", "--config.model.growth=4", "--config.model.n_blocks=1",

@@ -25,7 +25,7 @@ TINY = [
 
 
 def run(args, cache, check=True, env_extra=None):
-  env = {"HDR_JAX_CACHE": str(cache), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT),
+  env = {"HDR_JAX_CACHE": str(cache), **cli_env(), "PYTHONPATH": str(ROOT),
          "JAX_PLATFORMS": "cpu", **(env_extra or {})}
   proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   if check and proc.returncode != 0:
@@ -51,6 +51,7 @@ import jax
 jax.config.update("jax_num_cpu_devices", int(sys.argv[1]))
 import numpy as np
 from hdr_jax import config_base, engine
+from conftest import cli_env
 c = config_base.get_base_config()
 c.model.name = "ahdrnet"; c.model.channels = 16; c.model.growth = 8; c.model.n_blocks = 1; c.model.n_dense = 2
 c.batch_size = 8; c.optimizer.schedule = "constant"
