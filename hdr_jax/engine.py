@@ -232,7 +232,7 @@ class Engine:
 
     def step(state, batch, key):
       bundle = nnx.merge(graphdef, state)
-      batch = dict(batch, frames=batch["frames"].astype(jnp.float32) / 255.0)
+      batch = dict(batch, frames=hdr_math.unit_frames(batch["frames"]))
       metrics = task.train_step(bundle, batch, key)
       new_state = nnx.state(bundle)
       # 1.0 when every parameter is finite after the update: the trainer never checkpoints otherwise.
@@ -259,7 +259,7 @@ class Engine:
 
     def predict(state, frames, exposures, key):
       bundle = nnx.merge(graphdef, state)
-      frames = frames.astype(jnp.float32) / 255.0
+      frames = hdr_math.unit_frames(frames)
       if estimate:
         return task.predict_estimate(bundle, frames, exposures)
       return task.predict(bundle, frames, exposures, key)
@@ -268,7 +268,8 @@ class Engine:
                    out_shardings=self.data_sharding)
 
   def predict(self, state, frames_u8: np.ndarray, exposures: np.ndarray, key=None) -> np.ndarray:
-    """Gamma-domain HDR for a batch of whole frames ``(B, 3, H, W, 3)`` uint8 (same on every process).
+    """Gamma-domain HDR for a batch of whole frames ``(B, 3, H, W, 3)`` (same on every process): uint8
+    or uint16 codes, or float32 in [0, 1] (:func:`hdr_math.unit_frames`); one compilation per dtype.
 
     The batch is padded with copies to a multiple of the mesh size, sharded, and cut back.
     """
@@ -364,7 +365,7 @@ def iter_predictions(engine: Engine, state, scenes, key=None, batch_size: int | 
   group = batch_size or engine.num_shards
   for chunk in _same_size_groups(scenes, group):
     data = [hio.read_scene(s) for s in chunk]
-    frames = np.stack([np.round(d["frames"] * 255).astype(np.uint8) for d in data])
+    frames = np.stack([d["frames"] for d in data])  # float32 [0, 1], at the precision the files hold
     exposures = np.stack([d["exposures"] for d in data])
     preds = engine.predict(state, frames, exposures, key)
     for d, p in zip(data, preds):
@@ -395,8 +396,7 @@ def evaluate_scenes(engine: Engine, state, scenes, *, key=None, writer=None, ste
   for i, (d, pred) in enumerate(iter_predictions(engine, state, scenes, key)):
     row = {"id": d["id"], **scene_metrics(d["gt"], pred)}
     if engine.task.has_estimate:  # the deterministic estimate the prediction refines, scored beside it
-      frames = np.round(d["frames"] * 255).astype(np.uint8)[None]
-      est = engine.predict_estimate(state, frames, d["exposures"][None])[0]
+      est = engine.predict_estimate(state, d["frames"][None], d["exposures"][None])[0]
       row["estimate_psnr_mu"] = hdr_math.np_psnr_mu(d["gt"], est)
       row["estimate_psnr_l"] = hdr_math.np_psnr_l(d["gt"], est)
     if baseline:

@@ -30,6 +30,17 @@ PERCENTILE = 99.0
 # --------------------------------------------------------------------------------------------------
 
 
+def unit_frames(frames):
+  """LDR frames as float32 in [0, 1]: 8-bit codes / 255 (NTIRE PNG, JPEG), 16-bit codes / 65535 (SIG17
+  TIFF, 16-bit PNG), floats as they are. The dtype decides at trace time (numpy or jax arrays)."""
+  xp = jnp if isinstance(frames, jax.Array) else np
+  if frames.dtype == np.uint8:
+    return frames.astype(xp.float32) / xp.float32(255.0)
+  if frames.dtype == np.uint16:
+    return frames.astype(xp.float32) / xp.float32(65535.0)
+  return frames.astype(xp.float32)
+
+
 def gamma_decode(x, gamma: float = GAMMA):
   """Gamma-domain -> linear: ``x ** gamma`` (negative values clamped to 0)."""
   return jnp.power(jnp.maximum(x, 0.0), gamma)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import cli_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,7 +52,6 @@ import jax
 jax.config.update("jax_num_cpu_devices", int(sys.argv[1]))
 import numpy as np
 from hdr_jax import config_base, engine
-from conftest import cli_env
 c = config_base.get_base_config()
 c.model.name = "ahdrnet"; c.model.channels = 16; c.model.growth = 8; c.model.n_blocks = 1; c.model.n_dense = 2
 c.batch_size = 8; c.optimizer.schedule = "constant"
