@@ -9,7 +9,8 @@ r"""Scores a trained run on held-out photographs and ships it inside the package
    ``hdr_jax.evaluate`` beside the medium frame and the classical merge.
 2. A one-scene slice (the first held-out map, hard level, 64x96) predicted through ``python -m
    hdr_jax.predict`` and scored: the number ``tests/test_pretrained.py`` reproduces from the package.
-3. ``hdr_jax.pretrained.export``: the latest checkpoint and the config (machine paths cut to file
+3. (unless ``--score_only``, which stops after 1 and writes ``ship.json`` with the scores: the other
+   folds of a recipe) ``hdr_jax.pretrained.export``: the latest checkpoint and the config (machine paths cut to file
    names) go to ``hdr_jax/pretrained/NAME`` with a model card (``MODEL.json``) holding all of the above
    and the command that retrains the run.
 
@@ -47,6 +48,13 @@ def slice_score(name: str, photo: Path, folder: Path) -> float:
   return float(hdr_math.np_psnr_mu(gt, hio.read_hdr_png16(out / "0000.png", out / "0000_alignratio.npy")))
 
 
+def print_table(name: str, card: dict) -> None:
+  h = card["heldout"]
+  print(f"| {name} | static PSNR-mu | hard PSNR-mu |\n| --- | --- | --- |")
+  for row, vals in (("medium frame", h["medium"]), ("classical merge", h["merge"]), (name, h["model"])):
+    print(f"| {row} | {vals['static']['psnr_mu']:.2f} | {vals['hard']['psnr_mu']:.2f} |")
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--workdir", required=True, type=Path)
@@ -55,6 +63,7 @@ def main(argv=None) -> int:
   p.add_argument("--size", default="128x192", help="held-out scene size HxW")
   p.add_argument("--command", default="", help="the command that retrains the run (for the model card)")
   p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "ship")
+  p.add_argument("--score_only", action="store_true", help="score on the held-out maps; ship nothing")
   args = p.parse_args(argv)
 
   from hdr_jax import checkpoint, evaluate, pretrained, synthesize
@@ -83,15 +92,16 @@ def main(argv=None) -> int:
                       "seed": 1234, "levels": {lv: quality.LEVELS[lv] for lv in sets}, "model": scores,
                       "medium": {lv: baselines[lv]["medium"] for lv in sets},
                       "merge": {lv: baselines[lv]["merge"] for lv in sets}}}
+  if args.score_only:
+    print_table(args.name, card)
+    (args.out / "ship.json").write_text(json.dumps(card, indent=2, default=float))
+    return 0
   pretrained.export(args.workdir, args.name, card)
   s = dict(SLICE, hdr=args.heldout[0].name, options=quality.LEVELS[SLICE["level"]])
   s["psnr_mu"] = slice_score(args.name, args.heldout[0], args.out / "slice")
   card["slice"] = s
   pretrained.export(args.workdir, args.name, card)
-  print(f"| {args.name} | static PSNR-mu | hard PSNR-mu |\n| --- | --- | --- |")
-  for row, vals in (("medium frame", card["heldout"]["medium"]), ("classical merge", card["heldout"]["merge"]),
-                    (args.name, scores)):
-    print(f"| {row} | {vals['static']['psnr_mu']:.2f} | {vals['hard']['psnr_mu']:.2f} |")
+  print_table(args.name, card)
   print(f"slice ({s['hdr']}, {s['level']}, {s['height']}x{s['width']}): PSNR-mu {s['psnr_mu']:.4f} dB")
   (args.out / "ship.json").write_text(json.dumps(card, indent=2, default=float))
   return 0
