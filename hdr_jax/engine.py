@@ -397,17 +397,19 @@ def evaluate_scenes(engine: Engine, state, scenes, *, key=None, writer=None, ste
   rows = []
   for i, (d, pred) in enumerate(iter_predictions(engine, state, scenes, key)):
     if d.get("protocol") == "sig17":
-      metrics = lambda p: sig17.scene_metrics(d, p)  # noqa: E731
+      full = lambda p: sig17.scene_metrics(d, p)  # noqa: E731
+      psnrs = lambda p: sig17.scene_metrics(d, p, ssim=False)  # noqa: E731
       medium = hdr_math.sig17_to_internal(sig17.baseline_linear(d), d["exposures"])
     else:
-      metrics = lambda p: {"psnr_mu": hdr_math.np_psnr_mu(d["gt"], p), "psnr_l": hdr_math.np_psnr_l(d["gt"], p)}  # noqa: E731
+      full = lambda p: scene_metrics(d["gt"], p)  # noqa: E731
+      psnrs = lambda p: {"psnr_mu": hdr_math.np_psnr_mu(d["gt"], p), "psnr_l": hdr_math.np_psnr_l(d["gt"], p)}  # noqa: E731
       medium = d["frames"][1]
-    row = {"id": d["id"], **(scene_metrics(d["gt"], pred) if d.get("protocol") != "sig17" else metrics(pred))}
+    row = {"id": d["id"], **full(pred)}
     if engine.task.has_estimate:  # the deterministic estimate the prediction refines, scored beside it
-      est = metrics(engine.predict_estimate(state, d["frames"][None], d["exposures"][None])[0])
+      est = psnrs(engine.predict_estimate(state, d["frames"][None], d["exposures"][None])[0])
       row["estimate_psnr_mu"], row["estimate_psnr_l"] = est["psnr_mu"], est["psnr_l"]
     if baseline:
-      base = metrics(medium)
+      base = psnrs(medium)
       row["baseline_psnr_mu"], row["baseline_psnr_l"] = base["psnr_mu"], base["psnr_l"]
     rows.append(row)
     if writer is not None and i < preview:

@@ -379,11 +379,13 @@ def warn_mismatch(config, layout: str) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def scene_metrics(d: dict, pred: np.ndarray) -> dict:
-  """The SIG17 metrics of one internal-convention prediction against the scene's linear label."""
+def scene_metrics(d: dict, pred: np.ndarray, ssim: bool = True) -> dict:
+  """The SIG17 metrics of one internal-convention prediction against the scene's linear label
+  (PSNRs only without ``ssim``)."""
   from hdr_jax import hdr_math
 
-  return hdr_math.np_sig17_metrics(d["linear_gt"], hdr_math.internal_to_sig17(np.asarray(pred), d["exposures"]))
+  return hdr_math.np_sig17_metrics(d["linear_gt"], hdr_math.internal_to_sig17(np.asarray(pred), d["exposures"]),
+                                   ssim=ssim)
 
 
 def baseline_linear(d: dict) -> np.ndarray:

@@ -472,7 +472,8 @@ def synthesize_folder(out, scenes: int, height: int, width: int, hdr_files: Sequ
   if verbose:
     real = sum(s is not None for s in sources)
     kind = (f"from {real} radiance maps" + (" and procedural" if real < len(sources) else "")) if real else "procedural"
-    print(f"synthesized {scenes} {layout.upper()} scenes ({kind}) of {height}x{width} into {out} in "
+    kind += ", SIG17 layout" if layout == "sig17" else ""
+    print(f"synthesized {scenes} scenes ({kind}) of {height}x{width} into {out} in "
           f"{time.perf_counter() - start:.2f} s")
   return ids
 
