@@ -5,6 +5,9 @@ Conventions (SPEC sections 1-2):
   * The NTIRE target ``hdr`` is in the *gamma domain*; linear radiance is ``hdr ** GAMMA``.
   * Exposures are in stops; ``ev_rel = exposures - exposures[..., 1]`` (medium frame is 0).
   * Images are channels-last: ``(..., H, W, C)``.
+  * SIG17 (Kalantari 2017) data keeps its own convention at the edges only: linear labels on the
+    short frame's scale map in with :func:`sig17_to_internal` and out with :func:`internal_to_sig17`,
+    and :func:`np_sig17_metrics` scores them (the section "The SIG17 protocol" below).
 
 Two paths:
   * ``jnp`` functions (everything without an ``np_`` prefix) are pure and jit-able; a leading batch

@@ -351,6 +351,9 @@ def apply_protocol(config, *folders) -> str:
       raise ValueError(f"config.data.protocol=auto: the data folders have different layouts ({layouts}); "
                        "use one layout, or set config.data.protocol")
     protocol = found.pop() if found else "ntire"
+  if protocol == "sig17" and config.data.get("prepared"):
+    raise ValueError("config.data.prepared holds NTIRE data (tiles or ArrayRecord); train on SIG17 from "
+                     "config.data.root")
   for folder, layout in layouts.items():
     if layout != protocol:
       raise hio.DataError(folder, f"is a {layout} folder but config.data.protocol={protocol!r}")
