@@ -402,7 +402,8 @@ def evaluate_scenes(engine: Engine, state, scenes, *, key=None, writer=None, ste
       medium = hdr_math.sig17_to_internal(sig17.baseline_linear(d), d["exposures"])
     else:
       full = lambda p: scene_metrics(d["gt"], p)  # noqa: E731
-      psnrs = lambda p: {"psnr_mu": hdr_math.np_psnr_mu(d["gt"], p), "psnr_l": hdr_math.np_psnr_l(d["gt"], p)}  # noqa: E731
+      psnrs = lambda p: {"psnr_mu": hdr_math.np_psnr_mu(d["gt"], p),  # noqa: E731
+                         "psnr_l": hdr_math.np_psnr_l(d["gt"], p)}
       medium = d["frames"][1]
     row = {"id": d["id"], **full(pred)}
     if engine.task.has_estimate:  # the deterministic estimate the prediction refines, scored beside it

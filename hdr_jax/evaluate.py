@@ -25,7 +25,8 @@ def _define_flags():
   """Command-line flags, defined when the program runs (importing the module defines none)."""
   global _WORKDIR, _DATA, _STEP, _MAX, _OUT, _SET
   _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding config.json and checkpoints/.")
-  _DATA = flags.DEFINE_string("data", None, "NTIRE or SIG17 folder with ground truth (default: the run's validation data).")
+  _DATA = flags.DEFINE_string("data", None, "NTIRE or SIG17 folder with ground truth (default: the run's "
+                              "validation data).")
   _STEP = flags.DEFINE_string("step", "latest", "Checkpoint step: an integer, 'latest' or 'best'.")
   _MAX = flags.DEFINE_integer("max_scenes", 0, "Evaluate at most this many scenes (0: all).")
   _OUT = flags.DEFINE_string("json", None, "Where to write the JSON (default WORKDIR/eval_<step>.json).")

@@ -123,7 +123,8 @@ def read_exposure_txt(path) -> np.ndarray:
   try:
     values = [float(t) for t in text.split()]
   except ValueError:
-    raise hio.DataError(path, f"expected 3 numbers (stops of short, medium, long), found {text.strip()[:60]!r}") from None
+    raise hio.DataError(path, f"expected 3 numbers (stops of short, medium, long), "
+                        f"found {text.strip()[:60]!r}") from None
   if len(values) != 3:
     raise hio.DataError(path, f"expected 3 numbers (stops of short, medium, long), found {len(values)}")
   if not all(math.isfinite(v) for v in values):
@@ -437,7 +438,8 @@ def pair_results(ref_dir, res_dir) -> list[tuple[Sig17Scene, Path]]:
     for n in sorted(names):
       p = Path(dirpath) / n
       if p.suffix.lower() in RESULT_SUFFIXES and not n.startswith(".") and p.resolve() not in used:
-        raise hio.DataError(p, f"extra result: no scene {p.relative_to(res_dir).with_suffix('').as_posix()} in {ref_dir}")
+        sid = p.relative_to(res_dir).with_suffix("").as_posix()
+        raise hio.DataError(p, f"extra result: no scene {sid} in {ref_dir}")
   return pairs
 
 

@@ -77,7 +77,8 @@ def test_metrics_match_the_papers_python_evaluation():
   got = hdr_math.np_sig17_metrics(label.astype(np.float32), pred.astype(np.float32))
   want = ref_metrics(label.astype(np.float32), pred.astype(np.float32))
   for k in want:
-    np.testing.assert_allclose(got[k], want[k], rtol=1e-7, err_msg=k)  # the reference tone-maps float32 inputs in float32
+    # rtol 1e-7: the reference tone-maps its float32 inputs in float32, hdr_math in float64.
+    np.testing.assert_allclose(got[k], want[k], rtol=1e-7, err_msg=k)
   assert 0 < want["ssim_l"] < 1 and want["psnr_mu"] != want["psnr_l"]
 
 
@@ -142,7 +143,8 @@ BREAKS = {
     "grey frame": (lambda d: _write_tif(d / "input_1.tif", np.zeros((H, W), np.uint16)), "input_1.tif", "found 1"),
     "RGBA frame": (lambda d: _write_tif(d / "input_1.tif", np.zeros((H, W, 4), np.uint16)), "input_1.tif", "found 4"),
     "corrupt frame": (lambda d: (d / "input_2.tif").write_bytes(b"II*\0garbage"), "input_2.tif", "not a readable TIFF"),
-    "frame size": (lambda d: _write_tif(d / "input_3.tif", np.zeros((H - 2, W, 3), np.uint16)), "input_3.tif", "differs"),
+    "frame size": (lambda d: _write_tif(d / "input_3.tif", np.zeros((H - 2, W, 3), np.uint16)), "input_3.tif",
+                   "differs"),
     "two exposures": (lambda d: (d / "exposure.txt").write_text("0\n2\n"), "exposure.txt", "3 numbers"),
     "words": (lambda d: (d / "exposure.txt").write_text("short medium long"), "exposure.txt", "3 numbers"),
     "not increasing": (lambda d: (d / "exposure.txt").write_text("0 4 2"), "exposure.txt", "increasing"),
@@ -187,6 +189,12 @@ def test_no_scenes_and_mixed_protocols(sig17_root, tmp_path, tiny_scene_dir):
   assert c.model.gamma == 2.2 and "exposure_reference" not in c.model  # HDR-VAM takes no exposure reference
   c = config_base.get_base_config()
   assert sig17.apply_protocol(c, tiny_scene_dir) == "ntire" and "gamma" not in c.model
+  c.data.protocol = "kalantari"
+  with pytest.raises(ValueError, match="config.data.protocol='kalantari': choose one of auto, ntire, sig17"):
+    sig17.apply_protocol(c, sig17_root)
+  c.data.update(protocol="sig17", prepared=str(tmp_path))
+  with pytest.raises(ValueError, match="config.data.prepared holds NTIRE data"):
+    sig17.apply_protocol(c, sig17_root)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -216,7 +224,8 @@ def test_official_ahdrnet_on_sig17_equals_convert_and_predict(sig17_root, tmp_pa
     # short frame, inputs [LDR, LDR ** 2.2 / 2 ** stop] per frame (NCHW).
     frames = [read_hdr_cv2(p).astype(np.float32) / 65535 for p in s.frames]
     stops = np.float32(s.exposures.read_text().split())
-    xs = [np.concatenate([f, f**2.2 / 2.0 ** (e - stops[0])], -1).transpose(2, 0, 1)[None] for f, e in zip(frames, stops)]
+    xs = [np.concatenate([f, f**2.2 / 2.0 ** (e - stops[0])], -1).transpose(2, 0, 1)[None]
+          for f, e in zip(frames, stops)]
     with torch.no_grad():
       want = net(*[torch.from_numpy(np.ascontiguousarray(x, np.float32)) for x in xs])[0].permute(1, 2, 0).numpy()
     got = hio.read_exr(out / f"{s.scene_id}.exr")  # the linear SIG17 prediction = the official sigmoid output
