@@ -284,8 +284,8 @@ def test_tiny_training_evaluate_predict_on_sig17(sig17_root, tmp_path, capsys):
   from hdr_jax import config_base, evaluate, predict, train
 
   c = config_base.load_config_file(ROOT / "configs" / "ahdrnet.py")
-  c.model.update(channels=8, growth=8, n_blocks=1, n_dense=2)
-  c.update(batch_size=2, num_train_steps=2, log_every=1, eval_every=2, checkpoint_every=2, progress=False)
+  c.model.update(channels=8, growth=4, n_blocks=1, n_dense=1)
+  c.update(batch_size=2, num_train_steps=1, log_every=1, eval_every=1, checkpoint_every=1, progress=False)
   c.optimizer.schedule = "constant"
   c.data.update(patch_size=16, root=str(sig17_root), cache_dir=str(tmp_path / "cache"))
   c.eval.preview_scenes = 0
