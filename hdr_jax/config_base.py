@@ -33,7 +33,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Data. Training: data.prepared, else data.root, else the embedded dataset (synthesised once into
   # data.cache_dir). Validation: data.val_root, else data.root, else the embedded validation set.
   c.data = ml_collections.ConfigDict()
-  c.data.root = config_dict.placeholder(str)  # NTIRE training folder (NNNN_short.png, ...)
+  # Layout and protocol of the data: auto (detected from the folders), ntire, or sig17 (Kalantari 2017:
+  # gamma 2.2, stops from the short frame, linear labels, the SIG17 metrics; docs/sig17.md).
+  c.data.protocol = "auto"
+  c.data.root = config_dict.placeholder(str)  # training folder (NTIRE: NNNN_short.png, ...; or SIG17)
   c.data.val_root = config_dict.placeholder(str)  # NTIRE validation folder (with NNNN_gt.png)
   # Training data prepared once: a tiles folder (`python -m hdr_jax.tiles`) or an ArrayRecord data_dir
   # (`python -m hdr_jax.tfds_ntire`).

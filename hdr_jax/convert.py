@@ -5,7 +5,10 @@ r"""Turns published weights into a hdr_jax workdir that ``evaluate`` and ``predi
 
 The official AHDRNet weights were trained on Kalantari's data (linear HDR in [0, 1], gamma 2.2), so
 the converted config uses ``model.gamma=2.2`` and the plain sigmoid head; override with
-``--set model.gamma=2.24`` etc. PyTorch (extra ``hdr_jax[torch]``) is needed only for ``.pt`` files;
+``--set model.gamma=2.24`` etc. ``--protocol=sig17`` records the official convention for SIG17 scenes
+instead (``data.protocol='sig17'``, gamma 2.2, stops counted from the shortest frame, and the
+``exposure`` head, whose output mapped back to the SIG17 label scale is the official sigmoid output;
+docs/sig17.md). PyTorch (extra ``hdr_jax[torch]``) is needed only for ``.pt`` files;
 Keras ``.h5`` files are read with h5py, without TensorFlow.
 """
 
@@ -32,11 +35,13 @@ SOURCES = {
 
 def _define_flags():
   """Command-line flags, defined when the program runs (importing the module defines none)."""
-  global _FROM, _WEIGHTS, _WORKDIR, _SET
+  global _FROM, _WEIGHTS, _WORKDIR, _SET, _PROTOCOL
   _FROM = flags.DEFINE_enum("from", None, list(SOURCES), "Kind of published weights.")
   _WEIGHTS = flags.DEFINE_string("weights", None, "The weights file (.pt/.pth state_dict or Keras .h5).")
   _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir to create (config.json + checkpoints/0).")
   _SET = flags.DEFINE_multi_string("set", [], "Config overrides KEY=VALUE (e.g. model.gamma=2.24).")
+  _PROTOCOL = flags.DEFINE_enum("protocol", "ntire", ["ntire", "sig17"], "Data convention the workdir records: "
+                                "ntire (default) or sig17 (official AHDRNet convention on SIG17 scenes).")
 
 
 def load_weights(kind: str, model, path) -> None:
@@ -52,7 +57,15 @@ def load_weights(kind: str, model, path) -> None:
     raise ValueError(f"--from: unknown source {kind!r}")
 
 
-def convert(kind: str, weights, workdir, overrides: dict | None = None) -> Path:
+# What --protocol=sig17 records: the official AHDRNet mapping on Kalantari's data. The 'exposure' head is
+# sigmoid * 2 ** (stops_medium - stops_short) relative to the medium frame, which hdr_math.internal_to_sig17
+# divides back out: the official sigmoid output, exactly (a power of two).
+SIG17_MODEL = {"ahdrnet": {"gamma": 2.2, "exposure_reference": "short", "output_head": "exposure"}}
+
+
+def convert(kind: str, weights, workdir, overrides: dict | None = None, protocol: str = "ntire") -> Path:
+  """Writes ``workdir`` (config.json + checkpoint 0) from the published ``weights`` of ``kind``;
+  ``protocol='sig17'`` records the official convention for SIG17 scenes (see the module docstring)."""
   weights, workdir = Path(weights), Path(workdir)
   if not weights.is_file():
     raise hio.DataError(weights, "file is missing")
@@ -63,6 +76,11 @@ def convert(kind: str, weights, workdir, overrides: dict | None = None) -> Path:
   config.model.name = model_name
   for k, v in model_overrides.items():
     config.model[k] = v
+  if protocol == "sig17":
+    if model_name not in SIG17_MODEL:
+      raise ValueError(f"--protocol=sig17: no SIG17 convention is defined for --from={kind}")
+    config.model.update(SIG17_MODEL[model_name])
+  config.data.protocol = protocol
   engine_lib.apply_overrides(config, overrides)
   engine = engine_lib.Engine(config)
   state = engine.init_state(jax.random.key(config.seed))
@@ -81,7 +99,8 @@ def convert(kind: str, weights, workdir, overrides: dict | None = None) -> Path:
 def main(argv=None):
   _define_flags()
   engine_lib.run_cli(
-      lambda: convert(_FROM.value, _WEIGHTS.value, _WORKDIR.value, engine_lib.parse_overrides(_SET.value)),
+      lambda: convert(_FROM.value, _WEIGHTS.value, _WORKDIR.value, engine_lib.parse_overrides(_SET.value),
+                      _PROTOCOL.value),
       argv, required=(_FROM, _WEIGHTS, _WORKDIR))
 
 

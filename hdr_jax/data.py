@@ -124,10 +124,13 @@ def open_prepared(path, split: str = "train"):
 
 
 def train_source(config, train_dir=None):
-  """The training source of a config: ``data.prepared`` when set, else the NTIRE folder ``train_dir``."""
+  """The training source of a config: ``data.prepared`` when set, else the folder ``train_dir`` in its
+  layout (NTIRE or SIG17, ``config.data.protocol``; :func:`hdr_jax.sig17.train_source`)."""
   if config.data.prepared:
     return open_prepared(config.data.prepared, "train")
-  return NtireSource(train_dir)
+  from hdr_jax import sig17
+
+  return sig17.train_source(train_dir, sig17.config_protocol(config))
 
 
 class PreparedSource:

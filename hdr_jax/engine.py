@@ -23,7 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from hdr_jax import hdr_math
 from hdr_jax import io as hio
-from hdr_jax import tasks
+from hdr_jax import sig17, tasks
 
 _MULTIPROCESS_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "MEGASCALE_COORDINATOR_ADDRESS",
                      "TPU_WORKER_HOSTNAMES", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
@@ -350,7 +350,7 @@ def _same_size_groups(scenes, group: int):
   """Consecutive scenes of equal frame size, at most ``group`` at a time."""
   batch, size = [], None
   for s in scenes:
-    h, w = hio.png_info(s.frames[0]).height, hio.png_info(s.frames[0]).width
+    h, w = sig17.frame_size(s)
     if batch and ((h, w) != size or len(batch) == group):
       yield batch
       batch = []
@@ -361,10 +361,10 @@ def _same_size_groups(scenes, group: int):
 
 
 def iter_predictions(engine: Engine, state, scenes, key=None, batch_size: int | None = None):
-  """Yields ``(scene_dict, hdr_prediction)`` for each scene (read with ``io.read_scene``)."""
+  """Yields ``(scene_dict, hdr_prediction)`` for each scene, NTIRE or SIG17 (read with ``sig17.read_any``)."""
   group = batch_size or engine.num_shards
   for chunk in _same_size_groups(scenes, group):
-    data = [hio.read_scene(s) for s in chunk]
+    data = [sig17.read_any(s) for s in chunk]
     frames = np.stack([d["frames"] for d in data])  # float32 [0, 1], at the precision the files hold
     exposures = np.stack([d["exposures"] for d in data])
     preds = engine.predict(state, frames, exposures, key)
@@ -389,20 +389,29 @@ def scene_metrics(gt: np.ndarray, pred: np.ndarray) -> dict:
 def evaluate_scenes(engine: Engine, state, scenes, *, key=None, writer=None, step: int = 0,
                     preview: int = 0, baseline: bool = True) -> tuple[dict, list[dict]]:
   """Whole-frame evaluation. Returns ``(means, per_scene)``; means include the medium-frame
-  baseline (``baseline_psnr_mu`` ...) so every number has its reference beside it."""
+  baseline (``baseline_psnr_mu`` ...) so every number has its reference beside it. SIG17 scenes
+  (``d['protocol'] == 'sig17'``) are scored with the SIG17 metrics on their linear labels
+  (:func:`hdr_jax.sig17.scene_metrics`)."""
   from hdr_jax import metrics_log
 
   rows = []
   for i, (d, pred) in enumerate(iter_predictions(engine, state, scenes, key)):
-    row = {"id": d["id"], **scene_metrics(d["gt"], pred)}
-    if engine.task.has_estimate:  # the deterministic estimate the prediction refines, scored beside it
-      est = engine.predict_estimate(state, d["frames"][None], d["exposures"][None])[0]
-      row["estimate_psnr_mu"] = hdr_math.np_psnr_mu(d["gt"], est)
-      row["estimate_psnr_l"] = hdr_math.np_psnr_l(d["gt"], est)
-    if baseline:
+    if d.get("protocol") == "sig17":
+      full = lambda p: sig17.scene_metrics(d, p)  # noqa: E731
+      psnrs = lambda p: sig17.scene_metrics(d, p, ssim=False)  # noqa: E731
+      medium = hdr_math.sig17_to_internal(sig17.baseline_linear(d), d["exposures"])
+    else:
+      full = lambda p: scene_metrics(d["gt"], p)  # noqa: E731
+      psnrs = lambda p: {"psnr_mu": hdr_math.np_psnr_mu(d["gt"], p),  # noqa: E731
+                         "psnr_l": hdr_math.np_psnr_l(d["gt"], p)}
       medium = d["frames"][1]
-      row["baseline_psnr_mu"] = hdr_math.np_psnr_mu(d["gt"], medium)
-      row["baseline_psnr_l"] = hdr_math.np_psnr_l(d["gt"], medium)
+    row = {"id": d["id"], **full(pred)}
+    if engine.task.has_estimate:  # the deterministic estimate the prediction refines, scored beside it
+      est = psnrs(engine.predict_estimate(state, d["frames"][None], d["exposures"][None])[0])
+      row["estimate_psnr_mu"], row["estimate_psnr_l"] = est["psnr_mu"], est["psnr_l"]
+    if baseline:
+      base = psnrs(medium)
+      row["baseline_psnr_mu"], row["baseline_psnr_l"] = base["psnr_mu"], base["psnr_l"]
     rows.append(row)
     if writer is not None and i < preview:
       writer.write_image(step, f"preview_{d['id']}", metrics_log.preview_grid(d["frames"], pred, d["gt"]))

@@ -1,10 +1,11 @@
-r"""Evaluates a checkpoint on whole NTIRE frames.
+r"""Evaluates a checkpoint on whole frames of an NTIRE or SIG17 folder (the layout is detected).
 
   python -m hdr_jax.evaluate --workdir=runs/vam_drdb [--data=NTIRE_DIR] [--step=N|best|latest] \
       [--config.KEY=VALUE ...]
 
 Prints a per-scene table (PSNR-mu and PSNR-L exactly as the official scoring program, SSIM-mu,
-SSIM-L, and the medium-frame baseline) and writes ``WORKDIR/eval_<step>.json``.
+SSIM-L, and the medium-frame baseline) and writes ``WORKDIR/eval_<step>.json``. On a SIG17 folder the
+four metrics are the SIG17 protocol's (linear HDR clipped to [0, 1]; docs/sig17.md).
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ from absl import flags
 
 from hdr_jax import engine as engine_lib
 from hdr_jax import io as hio
+from hdr_jax import sig17
 
 
 def _define_flags():
   """Command-line flags, defined when the program runs (importing the module defines none)."""
   global _WORKDIR, _DATA, _STEP, _MAX, _OUT, _SET
   _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding config.json and checkpoints/.")
-  _DATA = flags.DEFINE_string("data", None, "NTIRE folder with ground truth (default: the run's validation data).")
+  _DATA = flags.DEFINE_string("data", None, "NTIRE or SIG17 folder with ground truth (default: the run's "
+                              "validation data).")
   _STEP = flags.DEFINE_string("step", "latest", "Checkpoint step: an integer, 'latest' or 'best'.")
   _MAX = flags.DEFINE_integer("max_scenes", 0, "Evaluate at most this many scenes (0: all).")
   _OUT = flags.DEFINE_string("json", None, "Where to write the JSON (default WORKDIR/eval_<step>.json).")
@@ -32,17 +35,20 @@ def _define_flags():
 
 def format_table(rows, means) -> str:
   cols = [k for k in means]
-  lines = ["scene  " + "  ".join(f"{c:>16}" for c in cols)]
+  w = max([5] + [len(str(r["id"])) for r in rows])
+  lines = [f"{'scene':>{w}}  " + "  ".join(f"{c:>16}" for c in cols)]
   for r in rows:
-    lines.append(f"{r['id']:>5}  " + "  ".join(f"{r[c]:16.4f}" for c in cols))
-  lines.append(" mean  " + "  ".join(f"{means[c]:16.4f}" for c in cols))
+    lines.append(f"{r['id']:>{w}}  " + "  ".join(f"{r[c]:16.4f}" for c in cols))
+  lines.append(f"{'mean':>{w}}  " + "  ".join(f"{means[c]:16.4f}" for c in cols))
   return "\n".join(lines)
 
 
 def run(workdir, data=None, step="latest", max_scenes=0, json_path=None, overrides=None) -> dict:
   config, engine, state, chosen = engine_lib.load_from_workdir(workdir, step, overrides)
   folder = Path(data) if data else engine_lib.resolve_data(config)[1]
-  scenes = hio.validate_folder(folder, require_gt=True)
+  layout = sig17.detect_layout(folder)
+  sig17.warn_mismatch(config, layout)
+  scenes = sig17.validate_scenes(folder, layout, require_gt=True)
   if max_scenes:
     scenes = scenes[:max_scenes]
   means, rows = engine_lib.evaluate_scenes(engine, state, scenes, key=jax.random.key(config.seed))

@@ -5,6 +5,9 @@ Conventions (SPEC sections 1-2):
   * The NTIRE target ``hdr`` is in the *gamma domain*; linear radiance is ``hdr ** GAMMA``.
   * Exposures are in stops; ``ev_rel = exposures - exposures[..., 1]`` (medium frame is 0).
   * Images are channels-last: ``(..., H, W, C)``.
+  * SIG17 (Kalantari 2017) data keeps its own convention at the edges only: linear labels on the
+    short frame's scale map in with :func:`sig17_to_internal` and out with :func:`internal_to_sig17`,
+    and :func:`np_sig17_metrics` scores them (the section "The SIG17 protocol" below).
 
 Two paths:
   * ``jnp`` functions (everything without an ``np_`` prefix) are pure and jit-able; a leading batch
@@ -327,3 +330,96 @@ def np_psnr_l(ref, res):
   """PSNR-L with the official program's NumPy operations."""
   norm = np.max(ref)
   return float(np_psnr(ref / norm, res / norm))
+
+
+# --------------------------------------------------------------------------------------------------
+# The SIG17 (Kalantari 2017) protocol: linear labels in [0, 1], stops counted from the short frame
+# --------------------------------------------------------------------------------------------------
+#
+# SIG17 scenes hold linear HDR labels on the scale of the shortest exposure (its saturation is 1), and
+# the papers map the LDR frames with gamma 2.2 and exposure times ``2 ** stops`` counted from the
+# shortest frame. Inside hdr_jax every model, task and loss keeps one convention (NTIRE's): gamma-domain
+# HDR (``GAMMA`` = 2.24) relative to the medium exposure. A SIG17 label maps into it with
+# :func:`sig17_to_internal` and a prediction maps back out with :func:`internal_to_sig17`; the two are
+# exact inverses up to float32 rounding, so the SIG17 metrics see the model's linear output.
+
+SIG17_GAMMA = 2.2
+
+
+def _xp(x):
+  return jnp if isinstance(x, jax.Array) else np
+
+
+def sig17_scale(exposures):
+  """``2 ** (stops_medium - stops_short)``: the medium-relative radiance of a SIG17 label value 1
+  (shape ``(...)`` for exposures ``(..., 3)``; NumPy or jax like its input)."""
+  xp = _xp(exposures)
+  e = xp.asarray(exposures, xp.float32)
+  return xp.exp2(e[..., 1] - e[..., 0])
+
+
+def sig17_to_internal(linear, exposures):
+  """A SIG17 linear label ``(..., H, W, C)`` (relative to the shortest exposure) -> the internal
+  gamma-domain target relative to the medium exposure: ``(linear * sig17_scale) ** (1 / GAMMA)``.
+  NumPy in, NumPy out (the data pipeline's readers run it on the host); jax in, jax out."""
+  xp = _xp(linear)
+  s = sig17_scale(exposures)
+  s = s.reshape(s.shape + (1, 1, 1)) if s.ndim else s
+  x = xp.maximum(xp.asarray(linear, xp.float32), 0) * s
+  return xp.power(x, xp.float32(1.0 / GAMMA)).astype(xp.float32)
+
+
+def internal_to_sig17(hdr, exposures):
+  """An internal gamma-domain prediction (medium-relative) -> SIG17 linear HDR relative to the shortest
+  exposure: ``hdr ** GAMMA / sig17_scale`` (the inverse of :func:`sig17_to_internal`)."""
+  xp = _xp(hdr)
+  s = sig17_scale(exposures)
+  s = s.reshape(s.shape + (1, 1, 1)) if s.ndim else s
+  return (xp.power(xp.maximum(xp.asarray(hdr, xp.float32), 0), xp.float32(GAMMA)) / s).astype(xp.float32)
+
+
+def np_ssim_255(a, b, size: int = 11, sigma: float = 1.5) -> float:
+  """SSIM of two ``(H, W, C)`` images in [0, 255] as the widely used Python evaluation of SIG17 computes
+  it: float64, Gaussian window ``size x size`` with ``sigma`` (outer product of the normalised 1-D
+  Gaussian, ``cv2.getGaussianKernel``), C1 = (0.01 * 255)^2, C2 = (0.03 * 255)^2, statistics per
+  channel on the valid region (``size // 2`` pixels cropped on every side), mean over the map and the
+  channels. Float64 because variances of values up to 255 lose ~1e-4 of SSIM in float32."""
+  from hdr_jax.io import cv2  # (io sets OpenCV's environment before importing it)
+
+  a = np.asarray(a, np.float64)
+  b = np.asarray(b, np.float64)
+  x = np.arange(size, dtype=np.float64) - (size - 1) / 2
+  k = np.exp(-(x**2) / (2 * sigma**2))
+  k /= k.sum()
+  r = size // 2
+  if a.shape[0] <= 2 * r or a.shape[1] <= 2 * r:
+    raise ValueError(f"image {a.shape[0]}x{a.shape[1]} is smaller than the {size}x{size} SSIM window")
+
+  def filt(z):  # separable correlation (the kernel is symmetric), per channel; the border is cropped away
+    out = cv2.sepFilter2D(z, cv2.CV_64F, k, k, borderType=cv2.BORDER_REFLECT_101)
+    return out[r:-r, r:-r].reshape(out.shape[0] - 2 * r, out.shape[1] - 2 * r, -1)
+
+  c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+  mu_a, mu_b = filt(a), filt(b)
+  saa = filt(a * a) - mu_a**2
+  sbb = filt(b * b) - mu_b**2
+  sab = filt(a * b) - mu_a * mu_b
+  s = ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a**2 + mu_b**2 + c1) * (saa + sbb + c2))
+  return float(np.mean(s.reshape(-1, s.shape[-1]).mean(axis=0)))
+
+
+def np_sig17_metrics(label, pred, mu: float = MU, ssim: bool = True) -> dict:
+  """PSNR-mu, PSNR-L, SSIM-mu and SSIM-L of one SIG17 prediction, as the papers compute them.
+
+  ``label`` and ``pred``: linear HDR ``(H, W, 3)`` relative to the shortest exposure. Both are clipped
+  to [0, 1]; PSNR-L is ``-10 log10(mse)`` (data range 1) on them, PSNR-mu the same on
+  ``log(1 + mu x) / log(1 + mu)`` (no percentile normalisation); SSIM-L / SSIM-mu are
+  :func:`np_ssim_255` of the same images times 255 (left out with ``ssim=False``). Float64 throughout."""
+  lab = np.clip(np.asarray(label, np.float64), 0.0, 1.0)
+  res = np.clip(np.asarray(pred, np.float64), 0.0, 1.0)
+  lab_mu, res_mu = np_mu_tonemap(lab, mu), np_mu_tonemap(res, mu)
+  with np.errstate(divide="ignore"):
+    out = {"psnr_mu": float(np_psnr(lab_mu, res_mu)), "psnr_l": float(np_psnr(lab, res))}
+  if ssim:
+    out.update(ssim_mu=np_ssim_255(lab_mu * 255.0, res_mu * 255.0), ssim_l=np_ssim_255(lab * 255.0, res * 255.0))
+  return out

@@ -1,6 +1,13 @@
 """Scores a results folder against references, as the NTIRE HDR challenge's scoring program does.
 
 ``python -m hdr_jax.score --ref=DIR --res=DIR [--json=PATH] [--official-output=DIR]``
+``python -m hdr_jax.score --protocol=sig17 --ref=SIG17_ROOT --res=DIR [--json=PATH]``
+
+With ``--protocol=sig17`` the references are the labelled scenes of a SIG17 root and the results are
+linear ``<scene id>.hdr`` (or ``.exr``) files, the id being the scene's folder path under the root
+(what ``python -m hdr_jax.predict`` writes); the scores are PSNR-mu, PSNR-L, SSIM-mu and SSIM-L of the
+SIG17 protocol (:func:`hdr_jax.sig17.score_folders`, docs/sig17.md). The rest of this page is the
+NTIRE protocol (the default).
 
 Results: ``NNNN.png`` (16-bit) + ``NNNN_alignratio.npy`` per scene. References: an NTIRE scene folder
 (its ``NNNN_gt.png`` + ``NNNN_alignratio.npy``) or the official ``ref`` layout (only the HDR PNGs and
@@ -206,10 +213,12 @@ def official_scores_txt(result: dict, runtime: float = -1.0, cpu: int = -1, data
 
 def format_table(result: dict) -> str:
   width = max([5] + [len(s["id"]) for s in result["scenes"]])
-  lines = [f"{'scene':<{width}}  {'PSNR-mu':>10}  {'PSNR-L':>10}"]
-  lines += [f"{s['id']:<{width}}  {s['psnr_mu']:>10.4f}  {s['psnr_l']:>10.4f}" for s in result["scenes"]]
+  cols = [(k, t) for k, t in (("psnr_mu", "PSNR-mu"), ("psnr_l", "PSNR-L"), ("ssim_mu", "SSIM-mu"),
+                              ("ssim_l", "SSIM-L")) if k in result["mean"]]
+  lines = [f"{'scene':<{width}}  " + "  ".join(f"{t:>10}" for _, t in cols)]
+  lines += [f"{s['id']:<{width}}  " + "  ".join(f"{s[k]:>10.4f}" for k, _ in cols) for s in result["scenes"]]
   m = result["mean"]
-  lines.append(f"{'mean':<{width}}  {m['psnr_mu']:>10.4f}  {m['psnr_l']:>10.4f}  ({result['count']} images)")
+  lines.append(f"{'mean':<{width}}  " + "  ".join(f"{m[k]:>10.4f}" for k, _ in cols) + f"  ({result['count']} images)")
   return "\n".join(lines)
 
 
@@ -218,10 +227,20 @@ def main(argv=None) -> int:
   parser.add_argument("--ref", required=True, help="reference folder (NTIRE scenes or the official 'ref' layout)")
   parser.add_argument("--res", required=True, help="results folder (NNNN.png + NNNN_alignratio.npy)")
   parser.add_argument("--json", help="write per-scene and mean scores to this JSON file")
-  parser.add_argument("--official-output", help="write the official program's scores.txt into this folder")
+  parser.add_argument("--official-output", help="write the official program's scores.txt into this folder "
+                      "(NTIRE only)")
+  parser.add_argument("--protocol", choices=("ntire", "sig17"), default="ntire",
+                      help="ntire (default): the NTIRE scoring program; sig17: a SIG17 root against .hdr results")
   args = parser.parse_args(argv)
+  if args.protocol == "sig17" and args.official_output:
+    parser.error("--official-output writes the NTIRE program's scores.txt; it does not apply to --protocol=sig17")
   try:
-    result = score_folders(args.ref, args.res)
+    if args.protocol == "sig17":
+      from hdr_jax import sig17
+
+      result = sig17.score_folders(args.ref, args.res)
+    else:
+      result = score_folders(args.ref, args.res)
   except io.DataError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

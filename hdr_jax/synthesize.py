@@ -20,7 +20,9 @@ frames, where a light's glow fills the frame, can fall below).
 Every scene draws from its own ``numpy`` Generator seeded with ``(seed, scene index)``, so a scene is
 the same byte for byte whatever the number of scenes generated with it.
 
-CLI: ``python -m hdr_jax.synthesize --out=DIR --scenes=N --height=H --width=W [--hdr=FILE ...] [--seed=S]``.
+CLI: ``python -m hdr_jax.synthesize --out=DIR --scenes=N --height=H --width=W [--hdr=FILE ...] [--seed=S]
+[--layout=ntire|sig17]``. ``--layout=sig17`` writes the same scenes in the Kalantari 2017 layout
+(:mod:`hdr_jax.sig17`): 16-bit TIFF frames with gamma 2.2, stops from the short frame, a linear label.
 """
 
 from __future__ import annotations
@@ -331,22 +333,23 @@ def _normal_quantiles() -> np.ndarray:
   return np.array([inv((k + 0.5) / 65536) for k in range(65536)], np.float32)
 
 
-def _to_ldr(linear, rng, full_well, read_noise):
+def _to_ldr(linear, rng, full_well, read_noise, gamma: float = GAMMA, bits: int = 8):
   """Poisson-Gaussian noise (variance ``x / full_well + read_noise ** 2``, Gaussian approximation) in
-  linear, clip to [0, 1], gamma 2.24, 8 bits."""
+  linear, clip to [0, 1], ``gamma`` (2.24), ``bits`` (8 -> uint8, 16 -> uint16)."""
   noise = _normal_quantiles()[rng.integers(0, 65536, linear.shape, dtype=np.uint16)]
   x = np.sqrt(linear * np.float32(1 / full_well) + np.float32(read_noise**2))
   x *= noise
   x += linear
   np.clip(x, 0, 1, out=x)
-  np.power(x, np.float32(1 / GAMMA), out=x)
-  x *= 255
-  return np.rint(x, out=x).astype(np.uint8)
+  np.power(x, np.float32(1 / gamma), out=x)
+  x *= 2**bits - 1
+  return np.rint(x, out=x).astype(np.uint8 if bits == 8 else np.uint16)
 
 
 def synthesize_scene(rng_or_seed, height: int, width: int, hdr_source=None, *,
                      ev_sets: Sequence[Sequence[float]] = EV_SETS, camera_motion: float = 1.0,
-                     object_motion: float = 1.0, noise: float = 1.0, n_objects: tuple[int, int] = (1, 4)) -> dict:
+                     object_motion: float = 1.0, noise: float = 1.0, n_objects: tuple[int, int] = (1, 4),
+                     gamma: float = GAMMA, bits: int = 8) -> dict:
   """One scene.
 
   Args:
@@ -356,10 +359,12 @@ def synthesize_scene(rng_or_seed, height: int, width: int, hdr_source=None, *,
     camera_motion, object_motion, noise: scales of the global camera motion of the short and long
       frames, of the moving objects' displacements and of the sensor noise (0 disables each).
     n_objects: inclusive range of the number of moving objects.
+    gamma, bits: the frames' gamma encoding and bit depth (NTIRE: 2.24 and 8; SIG17: 2.2 and 16).
   Returns:
     ``{'frames': (3, H, W, 3) uint8 [short, medium, long], 'exposures': (3,) float32,
-    'gt': (H, W, 3) float32 gamma-domain target, 'object_mask': (H, W) bool (pixels covered by a
-    moving object in any frame)}``.
+    'gt': (H, W, 3) float32 gamma-domain target, 'linear': (H, W, 3) float32 the same target's linear
+    radiance relative to the medium exposure, 'object_mask': (H, W) bool (pixels covered by a moving
+    object in any frame)}``. Frames are uint16 with ``bits=16``.
   """
   _check_size(height, width)
   rng = rng_or_seed if isinstance(rng_or_seed, np.random.Generator) else np.random.default_rng(rng_or_seed)
@@ -400,10 +405,10 @@ def synthesize_scene(rng_or_seed, height: int, width: int, hdr_source=None, *,
 
   full_well = math.exp(rng.uniform(math.log(2000), math.log(20000))) / max(noise**2, 1e-12)  # at saturation
   read_noise = math.exp(rng.uniform(math.log(2e-4), math.log(2e-3))) * noise
-  frames = np.stack([_to_ldr(v * np.float32(2.0 ** ev_rel[k]), rng, full_well, read_noise)
+  frames = np.stack([_to_ldr(v * np.float32(2.0 ** ev_rel[k]), rng, full_well, read_noise, gamma, bits)
                      for k, v in enumerate(views)])
   gt = np.power(views[1], np.float32(1 / GAMMA))
-  return {"frames": frames, "exposures": exposures, "gt": gt, "object_mask": mask > 0.01}
+  return {"frames": frames, "exposures": exposures, "gt": gt, "linear": views[1], "object_mask": mask > 0.01}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -432,8 +437,10 @@ def scene_rng(seed: int, index: int) -> np.random.Generator:
 
 
 def synthesize_folder(out, scenes: int, height: int, width: int, hdr_files: Sequence = (), seed: int = 0,
-                      start_index: int = 0, verbose: bool = True, **scene_kwargs) -> list[str]:
-  """Writes scenes ``start_index .. start_index + scenes - 1`` into the NTIRE folder ``out``; scene
+                      start_index: int = 0, verbose: bool = True, layout: str = "ntire", **scene_kwargs) -> list[str]:
+  """Writes scenes ``start_index .. start_index + scenes - 1`` into the folder ``out``: an NTIRE folder,
+  or with ``layout='sig17'`` a SIG17 root of scene folders ``out/NNNN/`` (16-bit TIFF frames with gamma
+  2.2, ``exposure.txt``, linear ``HDRImg.hdr``: :func:`hdr_jax.sig17.write_synthesized`). Scene
   ``i`` uses ``hdr_files[i % len(hdr_files)]`` (procedural without files, and where the entry is
   :data:`PROCEDURAL`, which mixes the two kinds: ``('procedural', 'a.exr')`` makes every other scene
   procedural). Every file is read (and
@@ -441,6 +448,12 @@ def synthesize_folder(out, scenes: int, height: int, width: int, hdr_files: Sequ
   from tqdm import tqdm
 
   _check_params(scenes, height, width, seed, start_index)
+  if layout not in ("ntire", "sig17"):
+    raise ValueError(f"layout must be 'ntire' or 'sig17', got {layout!r}")
+  if layout == "sig17":
+    from hdr_jax import sig17
+
+    scene_kwargs = {"gamma": 2.2, "bits": 16, **scene_kwargs}
   start = time.perf_counter()
   sources = [_load_source(p) for p in hdr_files]
   out = Path(out)
@@ -451,11 +464,15 @@ def synthesize_folder(out, scenes: int, height: int, width: int, hdr_files: Sequ
     src = sources[i % len(sources)] if sources else None
     s = synthesize_scene(scene_rng(seed, i), height, width, src, **scene_kwargs)
     sid = f"{i:04d}"
-    io.write_scene(out, sid, s["frames"], s["exposures"], s["gt"])
+    if layout == "sig17":
+      sig17.write_synthesized(out / sid, s)
+    else:
+      io.write_scene(out, sid, s["frames"], s["exposures"], s["gt"])
     ids.append(sid)
   if verbose:
     real = sum(s is not None for s in sources)
     kind = (f"from {real} radiance maps" + (" and procedural" if real < len(sources) else "")) if real else "procedural"
+    kind += ", SIG17 layout" if layout == "sig17" else ""
     print(f"synthesized {scenes} scenes ({kind}) of {height}x{width} into {out} in "
           f"{time.perf_counter() - start:.2f} s")
   return ids
@@ -502,7 +519,7 @@ def _remove_stale_partials(root: Path) -> None:
 
 
 def ensure_dataset(root, scenes: int, height: int, width: int, hdr_files: Sequence = (), seed: int = 0,
-                   verbose: bool = True, **scene_kwargs) -> Path:
+                   verbose: bool = True, layout: str = "ntire", **scene_kwargs) -> Path:
   """Makes ``root`` a complete synthesized NTIRE folder (ids 0000..scenes-1), generating it only if it
   is not one already. Generation goes to a temporary sibling folder that is renamed into place at the
   end, with a ``.complete.json`` marker of the parameters; an existing folder made with other
@@ -510,6 +527,8 @@ def ensure_dataset(root, scenes: int, height: int, width: int, hdr_files: Sequen
   root = Path(root)
   _check_params(scenes, height, width, seed, 0)
   params = _params(scenes, height, width, hdr_files, seed, scene_kwargs)
+  if layout != "ntire":  # NTIRE markers stay as they were
+    params["layout"] = layout
   if root.is_dir() and _check_marker(root, params):
     return root
   root.parent.mkdir(parents=True, exist_ok=True)
@@ -517,7 +536,7 @@ def ensure_dataset(root, scenes: int, height: int, width: int, hdr_files: Sequen
   tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-{socket.gethostname()}-{os.getpid()}-",
                               dir=root.parent))
   try:
-    synthesize_folder(tmp, scenes, height, width, hdr_files, seed, verbose=verbose, **scene_kwargs)
+    synthesize_folder(tmp, scenes, height, width, hdr_files, seed, verbose=verbose, layout=layout, **scene_kwargs)
     io.atomic_write_bytes(tmp / MARKER, json.dumps(params, indent=1).encode())
     if root.is_dir() and not any(root.iterdir()):
       root.rmdir()
@@ -550,6 +569,9 @@ def main(argv=None) -> int:
   p.add_argument("--camera-motion", type=float, default=1.0, help="scale of the camera motion (0: none)")
   p.add_argument("--object-motion", type=float, default=1.0, help="scale of the object motion (0: none)")
   p.add_argument("--noise", type=float, default=1.0, help="scale of the sensor noise (0: none)")
+  p.add_argument("--layout", choices=("ntire", "sig17"), default="ntire",
+                 help="ntire (default: flat NNNN_*.png folder) or sig17 (Kalantari 2017: scene folders of 16-bit "
+                 ".tif frames, exposure.txt and a linear HDRImg.hdr)")
   args = p.parse_args(argv)
   for name in ("camera_motion", "object_motion", "noise"):
     if not 0 <= getattr(args, name) <= 10:
@@ -560,7 +582,8 @@ def main(argv=None) -> int:
     p.error(str(e))
   try:
     synthesize_folder(args.out, args.scenes, args.height, args.width, args.hdr, args.seed, args.start_index,
-                      camera_motion=args.camera_motion, object_motion=args.object_motion, noise=args.noise)
+                      camera_motion=args.camera_motion, object_motion=args.object_motion, noise=args.noise,
+                      layout=args.layout)
   except io.DataError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -23,7 +23,7 @@ from ml_collections import config_flags
 from hdr_jax import checkpoint as ckpt_lib
 from hdr_jax import engine as engine_lib
 from hdr_jax import io as hio
-from hdr_jax import metrics_log
+from hdr_jax import metrics_log, sig17
 
 
 def _define_flags():
@@ -75,7 +75,9 @@ def train_and_evaluate(config, workdir) -> dict:
 
   # Data first: every input problem surfaces before any compilation or training step.
   train_dir, val_dir = engine_lib.resolve_data(config)
-  val_scenes = hio.validate_folder(val_dir, require_gt=True)
+  # NTIRE or SIG17 (config.data.protocol, resolved from the folders and saved with the config below).
+  protocol = sig17.apply_protocol(config, None if config.data.prepared else train_dir, val_dir)
+  val_scenes = sig17.validate_scenes(val_dir, protocol, require_gt=True)
   if config.eval.max_scenes:
     val_scenes = val_scenes[: config.eval.max_scenes]
   train_iter = make_train_iterator(config, train_dir)
