@@ -1,7 +1,7 @@
 r"""Seconds per DDPM sampling step: the compiled loop vs Python stepping vs eager PyTorch.
 
-The source project's setting (SPEC 7): 128x128 images, batch 8, T = 1000 ancestral steps; its eager
-per-step loop took 71.89 s per step on CPU. Three ways to run the same sampler:
+The source project's setting (docs/reference.md, Conditional DDPM): 128x128 images, batch 8, T = 1000
+ancestral steps; its eager per-step loop took 71.89 s per step on CPU. Three ways to run the same sampler:
 
   (a) ``compiled``: ``hdr_jax.diffusion.sample`` -- all steps in one ``jax.jit`` (``lax.scan``);
   (b) ``python``: the same U-Net and update as one jitted step, called from a Python loop;

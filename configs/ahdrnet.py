@@ -1,4 +1,4 @@
-"""AHDRNet (Yan et al., CVPR 2019) with the official training recipe (SPEC section 3).
+"""AHDRNet (Yan et al., CVPR 2019) with the official training recipe (docs/reference.md, AHDRNet).
 
   python -m hdr_jax.train --config=configs/ahdrnet.py --workdir=runs/ahdrnet
 

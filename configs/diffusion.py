@@ -1,5 +1,6 @@
-r"""Conditional DDPM for HDR (SPEC 7): a U-Net noise predictor conditioned on the three LDR frames
-through an encoder (VAM+DRDB features at full scale), DDIM/ancestral sampling over overlapping tiles.
+r"""Conditional DDPM for HDR (docs/reference.md, Conditional DDPM): a U-Net noise predictor conditioned on
+the three LDR frames through an encoder (VAM+DRDB features at full scale), DDIM/ancestral sampling
+over overlapping tiles.
 
 Default (``--config=configs/diffusion.py``): a CPU-sized demonstration that runs end to end on its
 own in a few minutes on 2 cores (3.5 minutes measured on an idle 2-core machine, 7 minutes on a loaded

@@ -1,6 +1,6 @@
-r"""Conditional GAN for HDR (SPEC 6): a regression generator (VAM+DRDB by default) conditioned on the
-three LDR frames, a PatchGAN discriminator on tone-mapped HDR conditioned on the reference frame,
-the source's cross-entropy losses plus the papers' mu-law L1 reconstruction term, and k
+r"""Conditional GAN for HDR (docs/reference.md, Conditional GAN): a regression generator (VAM+DRDB by
+default) conditioned on the three LDR frames, a PatchGAN discriminator on tone-mapped HDR conditioned
+on the reference frame, the source's cross-entropy losses plus the papers' mu-law L1 reconstruction term, and k
 discriminator updates per generator update.
 
   python -m hdr_jax.train --config=configs/gan.py --workdir=runs/gan

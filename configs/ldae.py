@@ -1,4 +1,4 @@
-r"""l-DAE denoising pretraining of the VAM+DRDB feature extractor (SPEC 8; hdr_jax/tasks/ldae.py).
+r"""l-DAE denoising pretraining of the VAM+DRDB feature extractor (docs/reference.md, l-DAE; hdr_jax/tasks/ldae.py).
 
   python -m hdr_jax.train --config=configs/ldae.py --workdir=runs/ldae
   python -m hdr_jax.train --config=configs/vam_drdb.py --workdir=runs/vam_drdb_ldae \

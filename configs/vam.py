@@ -1,4 +1,4 @@
-"""HDR-VAM (Omrani & Moroni): the visual-attention network as the official code wires it (SPEC section 4).
+"""HDR-VAM (Omrani & Moroni): the visual-attention network as the official code wires it (docs/reference.md, HDR-VAM).
 
   python -m hdr_jax.train --config=configs/vam.py --workdir=runs/vam
 """

@@ -1,5 +1,5 @@
 """VAM+DRDB, the project's main regression model: HDR-VAM with DRDBs deepening the feature
-extraction of the 6-channel frame inputs (SPEC section 5).
+extraction of the 6-channel frame inputs (docs/reference.md, VAM+DRDB).
 
   python -m hdr_jax.train --config=configs/vam_drdb.py --workdir=runs/vam_drdb
 """

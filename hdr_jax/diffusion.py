@@ -5,7 +5,7 @@ tiles for full-resolution frames, and the HDR <-> diffusion-space mapping.
 Indexing: a schedule has ``T`` steps indexed ``t = 0 .. T-1`` (the paper's ``t = 1 .. T``);
 ``alphas_cumprod[t] = prod_{s <= t} (1 - betas[s])`` and ``alphas_cumprod_prev[0] = 1``.
 
-The diffused variable (SPEC 7, conditional HDR diffusion). With ``hdr_linear = gt ** 2.24``
+The diffused variable (docs/reference.md, Conditional DDPM, conditional HDR diffusion). With ``hdr_linear = gt ** 2.24``
 (radiance relative to the medium frame) and ``m = hdr_math.max_radiance(exposures) = 2 ** -ev_rel_short``
 (the largest radiance the short frame records)::
 

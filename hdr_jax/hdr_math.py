@@ -1,6 +1,6 @@
 """The HDR math of hdr_jax: one set of pure functions used by training, evaluation and scoring.
 
-Conventions (SPEC sections 1-2):
+Conventions (docs/reference.md, Data and Metrics):
   * LDR frames are float in [0, 1], gamma-encoded with ``GAMMA = 2.24``.
   * The NTIRE target ``hdr`` is in the *gamma domain*; linear radiance is ``hdr ** GAMMA``.
   * Exposures are in stops; ``ev_rel = exposures - exposures[..., 1]`` (medium frame is 0).
@@ -75,7 +75,7 @@ def ldr_to_linear(ldr, ev_rel, gamma: float = GAMMA):
 
 
 def align_exposure(ldr, ev_rel, gamma: float = GAMMA):
-  """An LDR frame brought to the medium exposure, in the gamma domain (SPEC 1):
+  """An LDR frame brought to the medium exposure, in the gamma domain (docs/reference.md, Data):
   ``((ldr ** gamma) * 2 ** (-ev_rel)) ** (1 / gamma)``."""
   return gamma_encode(ldr_to_linear(ldr, ev_rel, gamma), gamma)
 
@@ -84,7 +84,7 @@ EXPOSURE_REFERENCES = ("medium", "short")
 
 
 def ldr_to_hdr_inputs(frames, exposures, gamma: float = GAMMA, domain: str = "linear", reference: str = "medium"):
-  """The 6-channel per-frame model input ``[LDR, H]`` (SPEC 3).
+  """The 6-channel per-frame model input ``[LDR, H]`` (docs/reference.md, AHDRNet).
 
   Args:
     frames: ``(..., 3, H, W, 3)`` LDR frames (short, medium, long) in [0, 1].
@@ -212,7 +212,7 @@ def psnr(a, b):
 
 
 def psnr_mu(ref, res, gamma: float = GAMMA):
-  """PSNR-mu of the NTIRE challenge on gamma-domain HDR images (SPEC 2)."""
+  """PSNR-mu of the NTIRE challenge on gamma-domain HDR images (docs/reference.md, Metrics)."""
   rl = gamma_decode(ref, gamma)
   sl = gamma_decode(res, gamma)
   n = percentile_norm(rl)

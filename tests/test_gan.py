@@ -1,5 +1,5 @@
-"""The conditional GAN task (SPEC 6): k discriminator updates per generator update, the source's
-loss equations, spectral normalisation, data parallelism (1 vs 8 devices), exact checkpoint
+"""The conditional GAN task (docs/reference.md, Conditional GAN): k discriminator updates per generator
+update, the source's loss equations, spectral normalisation, data parallelism (1 vs 8 devices), exact checkpoint
 resume, learning on the embedded dataset, the discriminator-wins warning, unconditional mode, and
 the real entry points on a GAN checkpoint."""
 

@@ -1,4 +1,4 @@
-"""hdr_math against direct transcriptions of SPEC sections 1-2 (the official NumPy code's style)."""
+"""hdr_math against direct transcriptions of docs/reference.md, Data and Metrics (the official NumPy code's style)."""
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +11,7 @@ from hdr_jax import hdr_math, io
 JNP_DB_TOL = 1e-4  # float32 jnp path vs the official NumPy path, in dB (measured: <= 2e-5 up to 73 dB)
 
 
-# SPEC section 2, transcribed as the official metrics.py writes it.
+# docs/reference.md, Metrics, transcribed as the official metrics.py writes it.
 def ref_mu_tonemap(h, mu=5000):
   return np.log(1 + mu * h) / np.log(1 + mu)
 

@@ -1,5 +1,5 @@
 """The official AHDRNet model (Yan et al., CVPR 2019, class ``AHDR`` of the official ``model.py``) in
-PyTorch, written from SPEC 3 with the official attribute names, so that its ``state_dict`` keys are
+PyTorch, written from docs/reference.md, AHDRNet with the official attribute names, so that its ``state_dict`` keys are
 the official ones. Used by the tests and benchmarks as the reference for ``hdr_jax.models.ahdrnet``.
 
 Like the official file it defines two attention convolutions, ``attConv1`` and ``attConv3``, that

@@ -1,9 +1,9 @@
-"""AHDRNet (Yan et al., CVPR 2019) in Flax NNX, exact to the official PyTorch ``AHDR`` (SPEC 3).
+"""AHDRNet (Yan et al., CVPR 2019) in Flax NNX, exact to the official PyTorch ``AHDR`` (docs/reference.md, AHDRNet).
 
 ``AHDRNet.forward_official(x1, x2, x3)`` is the official network on 6-channel ``[LDR, H]`` NHWC inputs;
-``AHDRNet(frames, exposures)`` is the project's regression interface (SPEC conventions). With
+``AHDRNet(frames, exposures)`` is the project's regression interface (docs/reference.md, Data). With
 ``polyphase=True`` the dilation-2 DRDB trunk runs on polyphase-folded sub-images with plain 3x3
-convolutions (identical outputs, much faster gradients under XLA; SPEC 3, implementation note).
+convolutions (identical outputs, much faster gradients under XLA; docs/reference.md, AHDRNet, polyphase trunk).
 
 ``load_torch_state_dict`` copies the official PyTorch ``state_dict`` (keys ``conv1.weight``,
 ``att11.weight``, ``RDB1.dense_layers.0.conv.weight``, ``RDB1.conv_1x1.weight``, ``GFF_1x1.weight``, ...)

@@ -124,7 +124,7 @@ def polyphase_fold(x, factor: int = 2):
   """``(B, H, W, C) -> (factor**2 * B, H/factor, W/factor, C)``: the sub-images ``x[:, i::f, j::f]``
   stacked into the batch (sub-image ``(i, j)`` at batch block ``i * f + j``). H and W must be
   multiples of ``factor``. A dilation-``f`` 3x3 convolution with padding ``f`` on ``x`` equals a
-  plain 3x3 convolution with padding 1 on the folded tensor (SPEC 3, implementation note)."""
+  plain 3x3 convolution with padding 1 on the folded tensor (docs/reference.md, AHDRNet, polyphase trunk)."""
   b, h, w, c = x.shape
   x = x.reshape(b, h // factor, factor, w // factor, factor, c)
   x = x.transpose(2, 4, 0, 1, 3, 5)
@@ -153,7 +153,7 @@ DENSE_FORMS = ("concat", "scatter")
 
 
 class DRDB(nnx.Module):
-  """Dilated residual dense block (SPEC 3): ``n_layers`` dense layers
+  """Dilated residual dense block (docs/reference.md, AHDRNet): ``n_layers`` dense layers
   ``ReLU(conv3x3(c -> growth, dilation))`` concatenated onto their input, a 1x1 fusion conv back to
   ``channels``, plus the block input.
 

@@ -40,8 +40,8 @@ The moving variance is updated with the biased batch variance (TF's fused kernel
 Max pooling passes each window's gradient to one maximum, as TF does (:func:`_max_pool`; JAX's default
 rule for ``max`` can give NaN gradients under XLA rematerialisation).
 
-VAM+DRDB (SPEC 5): ``drdb_blocks > 0`` inserts a stem in front of everything that reads the 6-channel
-frame inputs: for each frame ``x_i``, ``x_i + conv3x3(C -> 6)(DRDB^n(conv3x3(in -> C)([x_i, x_m])))``
+VAM+DRDB (docs/reference.md, VAM+DRDB): ``drdb_blocks > 0`` inserts a stem in front of everything that reads
+the 6-channel frame inputs: for each frame ``x_i``, ``x_i + conv3x3(C -> 6)(DRDB^n(conv3x3(in -> C)([x_i, x_m])))``
 with ``x_m`` the medium input (``drdb_reference=True``, so the stem can tell content from misaligned
 or noisy content) and the same weights for the three frames. The DRDBs (dilation 2) run in the
 polyphase layout (``polyphase=True``), the exact equivalent of the dilated form. The output conv is

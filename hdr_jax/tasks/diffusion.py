@@ -1,4 +1,4 @@
-"""Conditional DDPM for HDR reconstruction through the shared trainer (SPEC 7).
+"""Conditional DDPM for HDR reconstruction through the shared trainer (docs/reference.md, Conditional DDPM).
 
 The bundle holds the U-Net noise predictor (``model``), its optimiser (``opt``) and an exponential
 moving average of its weights (``ema``: a copy of the network whose variables are :class:`EmaParam`,

@@ -1,4 +1,4 @@
-"""Conditional GAN for HDR reconstruction through the shared trainer (SPEC 6).
+"""Conditional GAN for HDR reconstruction through the shared trainer (docs/reference.md, Conditional GAN).
 
 The bundle holds the generator (``model``: any regression network of the registry, ``model.name``
 with the other ``model.*`` keys as its arguments), the PatchGAN discriminator (``disc``, built from

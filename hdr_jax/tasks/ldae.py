@@ -1,4 +1,4 @@
-"""l-DAE pretraining of the HDR-VAM / VAM+DRDB feature extractor (SPEC 8; Chen, Liu, Xie, He 2024).
+"""l-DAE pretraining of the HDR-VAM / VAM+DRDB feature extractor (docs/reference.md, l-DAE; Chen, Liu, Xie, He 2024).
 
 The latent: patch-wise PCA of the LDR frames. Every frame (short, medium, long, each RGB in [0, 1],
 gamma domain) is cut into ``p x p`` patches (``ldae.patch``); a patch ``x`` (``D = p * p * 3`` values,
