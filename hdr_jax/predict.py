@@ -23,6 +23,7 @@ from pathlib import Path
 import jax
 from absl import flags
 
+from hdr_jax import brackets
 from hdr_jax import engine as engine_lib
 from hdr_jax import io as hio
 
@@ -40,7 +41,7 @@ def _define_flags():
                               "scenes, exr for brackets).")
   _EXPOSURES = flags.DEFINE_string("exposures", None, "Brackets: the frames' exposures in stops, in file-name order "
                                    "(e.g. -2,0,2); default from the EXIF.")
-  _ALIGN = flags.DEFINE_enum("align", None, list(_bracket_align_methods()), "Brackets: global alignment of the "
+  _ALIGN = flags.DEFINE_enum("align", None, list(brackets.ALIGN_METHODS), "Brackets: global alignment of the "
                              "short and long frames onto the medium one (default mtb).")
   _TILE = flags.DEFINE_integer("tile", None, "Brackets: output pixels per tile side (default 512 for "
                                "translation-local models; 0 = the whole frame at once).")
@@ -48,17 +49,9 @@ def _define_flags():
   _SET = flags.DEFINE_multi_string("set", [], "Config overrides KEY=VALUE (e.g. sampler.steps=50 for diffusion).")
 
 
-def _bracket_align_methods():
-  from hdr_jax import brackets
-
-  return brackets.ALIGN_METHODS
-
-
 def input_kind(input_dir) -> str:
   """``'ntire'`` (NTIRE scene files) or ``'brackets'`` (image frames, or folders of them); NTIRE
   wins when both are present, and anything else is read as NTIRE (whose reader names the problem)."""
-  from hdr_jax import brackets
-
   folder = Path(input_dir)
   if not folder.is_dir() or any(p.name.endswith("_short.png") for p in folder.iterdir()):
     return "ntire"
@@ -105,7 +98,7 @@ def run(workdir, input_dir, output_dir, fmt=None, step="latest", overrides=None,
 
 def _run_brackets(workdir, input_dir, output_dir, fmt, step, overrides, pretrained, exposures, align, tile):
   """Bracket folders: all checked (frames, sizes, exposures) before the model loads; :mod:`hdr_jax.brackets`."""
-  from hdr_jax import api, brackets
+  from hdr_jax import api
 
   if fmt not in brackets.OUTPUT_FORMATS:
     raise ValueError(f"--format={fmt}: bracket folders are written as exr or hdr (linear radiance); "

@@ -65,6 +65,20 @@ def model():
 
 
 @pytest.fixture(scope="module")
+def tiny():
+  """A small randomly initialised AHDRNet (receptive radius 4 + 2 * 2 * 2 + 3 = 15) with the exposure head,
+  whose output depends on every pixel within that radius (the merge head starts as the per-pixel merge)."""
+  import jax
+
+  from hdr_jax import config_base, engine as engine_lib
+
+  config = config_base.load_config_file(ROOT / "configs" / "ahdrnet.py")
+  config.model.update(channels=8, growth=4, n_dense=2, n_blocks=2, output_head="exposure")
+  eng = engine_lib.Engine(config)
+  return api.HDRModel(config, eng, eng.init_state(jax.random.key(0)), 0, "tiny")
+
+
+@pytest.fixture(scope="module")
 def photos(tmp_path_factory):
   """A folder of two EXIF brackets (``p1``, ``p2``), predicted once by the CLI into ``out``."""
   root = tmp_path_factory.mktemp("photos")
@@ -181,16 +195,16 @@ def test_windows_cover_the_frame_once_with_the_halo_inside():
     assert np.all(covered == 1), (size, tile, halo)
 
 
-def test_tiled_prediction_equals_the_whole_frame(model):
-  assert model.receptive_radius == 31  # 4 + 2 * (4 dense layers x 3 blocks) + 3
-  lin = scene(H, W, seed=5)
+def test_tiled_prediction_equals_the_whole_frame(tiny):
+  assert tiny.receptive_radius == 15
+  lin = scene(72, 88, seed=5)
   frames = np.stack([ldr(lin, -2), ldr(lin, 0), ldr(lin, 2)])
-  whole = model.predict(frames, [-2, 0, 2], tile=0)
-  assert model.tiles_for(H, W, 32) == 4 * 4  # windows of 32 + 2 * 32 pixels, moved inwards at the borders
-  tiled = model.predict(frames, [-2, 0, 2], tile=32)
-  assert tiled.shape == (H, W, 3) and tiled.dtype == np.float32
+  whole = tiny.predict(frames, [-2, 0, 2], tile=0)
+  assert tiny.tiles_for(72, 88, 24) == 3 * 4  # windows of 24 + 2 * 16 pixels, moved inwards at the borders
+  tiled = tiny.predict(frames, [-2, 0, 2], tile=24)
+  assert tiled.shape == (72, 88, 3) and tiled.dtype == np.float32 and whole.max() > 1
   np.testing.assert_allclose(tiled, whole, rtol=1e-5, atol=1e-6)
-  gamma = model.predict(list(frames[::-1]), [2, 0, -2], tile=0, gamma_domain=True)  # any order, a list
+  gamma = tiny.predict(list(frames[::-1]), [4, 2, 0], tile=0, gamma_domain=True)  # any order and offset, a list
   np.testing.assert_allclose(gamma ** 2.24, whole, rtol=1e-5, atol=1e-6)
 
 
@@ -218,6 +232,7 @@ def test_a_model_that_is_not_translation_local_runs_whole_and_refuses_tiles():
 
 
 def test_cli_on_a_folder_of_brackets_writes_exr_and_preview_equal_to_the_api(photos, model):
+  assert model.receptive_radius == 31 and model.tiles_for(4000, 6000) == 8 * 12  # 4 + 2 * (4 layers x 3 blocks) + 3
   for name, seed in (("p1", 1), ("p2", 2)):
     exr = hio.read_hdr_image(photos / "out" / f"{name}.exr")
     bracket = brackets.read_bracket(photos / "in" / name)  # the CLI's defaults: EXIF, mtb
