@@ -385,12 +385,16 @@ OUTPUT_FORMATS = ("exr", "hdr")
 
 def check_inputs(input_dir, exposures=None) -> list[tuple[Path, np.ndarray]]:
   """Every bracket of ``input_dir`` checked before any model is loaded or file decoded: three frames
-  that open as images of one size, and their exposures (``exposures``: the ``--exposures`` string, or
-  None for EXIF). Returns ``(folder, stops in file-name order)`` per bracket; a ``DataError`` or
+  that open as images of one size, and their exposures (``exposures``: the ``--exposures`` string or
+  three numbers, in file-name order; None for EXIF). Returns ``(folder, stops in file-name order)`` per bracket; a ``DataError`` or
   ``ValueError`` naming the file or flag otherwise."""
   from PIL import Image, UnidentifiedImageError
 
-  given = None if exposures in (None, "") else parse_exposures(exposures)
+  given = None
+  if isinstance(exposures, str) and exposures.strip():
+    given = parse_exposures(exposures)
+  elif exposures is not None and not isinstance(exposures, str):
+    given = parse_exposures(",".join(str(float(e)) for e in np.ravel(exposures)))
   out = []
   for folder in discover(input_dir):
     files = image_files(folder)

@@ -226,6 +226,20 @@ def test_a_model_that_is_not_translation_local_runs_whole_and_refuses_tiles():
     m.predict(frames.astype(np.float32), [-2, 0, 2])
 
 
+def test_preview_tone_map_and_gamma_decode():
+  from hdr_jax import hdr_math
+
+  lin = scene(40, 56) * 4
+  out = hdr_math.np_reinhard_tonemap(lin)
+  assert out.dtype == np.float32 and out.shape == lin.shape and 0 <= out.min() and out.max() <= 1
+  lum = lin @ np.float32([0.2126, 0.7152, 0.0722])
+  order = np.argsort(lum.ravel())
+  shown = (out ** 2.2 @ np.float32([0.2126, 0.7152, 0.0722])).ravel()[order]
+  assert np.all(np.diff(shown[lum.ravel()[order] < np.percentile(lum, 99)]) >= -1e-3)  # monotone below the white point
+  assert np.isclose(out.max(), 1.0)  # the white point reaches white
+  np.testing.assert_allclose(hdr_math.np_gamma_decode(out), np.asarray(hdr_math.gamma_decode(out)), rtol=1e-6)
+
+
 # --------------------------------------------------------------------------------------------------
 # The predict CLI and the API
 # --------------------------------------------------------------------------------------------------
