@@ -87,9 +87,12 @@ def discover(path) -> list[Path]:
                         "in the folder or in each of its subfolders")
   for folder in folders:
     files = image_files(folder)
+    if any(p.name.endswith("_short.png") and (folder / p.name.replace("_short.png", "_exposures.npy")).is_file()
+           for p in files):
+      raise hio.DataError(folder, "holds NTIRE scene files (NNNN_short.png ...): give this folder itself as the input")
     if len(files) != 3:
-      raise hio.DataError(folder, f"a bracket is three frames, found {len(files)} image file(s)"
-                          f" ({', '.join(p.name for p in files)})")
+      shown = ", ".join(p.name for p in files[:6]) + (", ..." if len(files) > 6 else "")
+      raise hio.DataError(folder, f"a bracket is three frames, found {len(files)} image file(s) ({shown})")
   return folders
 
 

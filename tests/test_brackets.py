@@ -294,6 +294,8 @@ def test_bad_bracket_inputs_are_one_line_errors(tmp_path):
     run(tmp_path / "ntire", align="ecc")
   assert predict.input_kind(tmp_path / "ntire") == "ntire" and predict.input_kind(tmp_path / "ok") == "brackets"
   assert predict.input_kind(tmp_path) == "brackets"  # a folder of folders
+  with pytest.raises(hio.DataError, match=r"ntire: holds NTIRE scene files .*: give this folder itself as the input"):
+    run(tmp_path)
   assert not out.exists()
 
 
