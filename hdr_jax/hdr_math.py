@@ -197,6 +197,32 @@ def percentile_norm(linear_ref, q: float = PERCENTILE):
   return jnp.percentile(flat, q, axis=-1, method="linear")
 
 
+def np_gamma_decode(x, gamma: float = GAMMA) -> np.ndarray:
+  """:func:`gamma_decode` in NumPy float32 (gamma-domain HDR -> linear radiance, negatives to 0), for
+  whole images on the host (e.g. a 24 MP prediction) without a device round trip."""
+  x = np.maximum(np.asarray(x, np.float32), np.float32(0.0))
+  return np.power(x, np.float32(gamma), out=x)
+
+
+def np_reinhard_tonemap(linear, key: float = 0.18, white_percentile: float = 99.9,
+                        display_gamma: float = 2.2) -> np.ndarray:
+  """A display image in [0, 1] (float32, gamma-encoded with ``display_gamma``) from linear HDR
+  ``(H, W, 3)``: Reinhard et al.'s global operator (2002, eq. 4) on luminance (Rec. 709 weights),
+  ``L_m = key * L / L_avg`` (``L_avg`` the log-average luminance), ``L_d = L_m (1 + L_m / L_w^2) /
+  (1 + L_m)`` with the white point ``L_w`` at the ``white_percentile`` of ``L_m`` (a few hot pixels do
+  not grey the picture), colours scaled by ``L_d / L``. A preview, not a grading: no local contrast."""
+  linear = np.maximum(np.asarray(linear, np.float32), np.float32(0.0))
+  lum = linear @ np.asarray([0.2126, 0.7152, 0.0722], np.float32)
+  eps = np.float32(1e-6)
+  l_avg = np.float32(np.exp(np.mean(np.log(lum + eps, dtype=np.float64))))
+  scaled = lum * np.float32(key / max(l_avg, 1e-12))
+  white = np.float32(max(np.percentile(scaled, white_percentile), 1e-6))
+  display = scaled * (1 + scaled / (white * white)) / (1 + scaled)
+  ratio = display / (lum + eps)
+  out = np.clip(linear * ratio[..., None], 0.0, 1.0)
+  return np.power(out, np.float32(1.0 / display_gamma), out=out)
+
+
 # --------------------------------------------------------------------------------------------------
 # Metrics (jnp; per image, leading axes kept)
 # --------------------------------------------------------------------------------------------------

@@ -1,13 +1,20 @@
-r"""Predicts HDR images for a folder of NTIRE scenes with a trained checkpoint.
+r"""Predicts HDR images for a folder of NTIRE scenes, or for one's own bracketed photos, with a trained
+checkpoint.
 
   python -m hdr_jax.predict --workdir=runs/vam_drdb --input=NTIRE_DIR --output=OUT [--format=ntire|exr|hdr]
   python -m hdr_jax.predict --pretrained=NAME --input=NTIRE_DIR --output=OUT    # a model shipped in the package
+  python -m hdr_jax.predict --pretrained=NAME --input=PHOTOS --output=OUT [--format=exr|hdr]
+      [--exposures=-2,0,2] [--align=mtb|ecc|ecc-affine|none] [--tile=512]
 
-On an NTIRE folder ``ntire`` (default) writes the official results layout (``NNNN.png`` 16-bit +
-``NNNN_alignratio.npy``) that ``python -m hdr_jax.score`` and the official scoring program read;
-``exr``/``hdr`` write linear radiance. On a SIG17 folder (detected; docs/sig17.md) each scene's linear HDR goes to
-``OUTPUT/<scene id>.hdr`` (default) or ``.exr``, the id being the scene's folder path under INPUT.
-Full-resolution frames; ground truth in the input folder is not needed.
+The input kind is detected (:func:`input_kind`): NTIRE scene files (``NNNN_short.png`` ...), a SIG17
+root (scene folders of 16-bit ``.tif`` frames + ``exposure.txt``; docs/sig17.md), else a bracket folder
+(three JPEG/PNG/TIFF frames) or a folder of bracket folders (:mod:`hdr_jax.brackets`). For NTIRE scenes
+``ntire`` (default) writes the official results layout (``NNNN.png`` 16-bit + ``NNNN_alignratio.npy``)
+that ``python -m hdr_jax.score`` and the official scoring program read; ``exr``/``hdr`` write linear
+radiance. On a SIG17 root each scene's linear HDR goes to ``OUTPUT/<scene id>.hdr`` (default) or ``.exr``,
+the id being the scene's folder path under INPUT. For brackets ``exr`` (default) or ``hdr`` linear
+radiance plus a tone-mapped ``NAME_preview.png``, predicted in tiles (the whole-frame result at the memory
+of one tile; :mod:`hdr_jax.tiling`). Full-resolution frames; ground truth in the input is not needed.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from pathlib import Path
 import jax
 from absl import flags
 
+from hdr_jax import brackets
 from hdr_jax import engine as engine_lib
 from hdr_jax import io as hio
 from hdr_jax import sig17
@@ -25,24 +33,53 @@ from hdr_jax import sig17
 
 def _define_flags():
   """Command-line flags, defined when the program runs (importing the module defines none)."""
-  global _WORKDIR, _PRETRAINED, _INPUT, _OUTPUT, _FORMAT, _STEP, _SET
+  global _WORKDIR, _PRETRAINED, _INPUT, _OUTPUT, _FORMAT, _STEP, _SET, _EXPOSURES, _ALIGN, _TILE
   _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding config.json and checkpoints/.")
   _PRETRAINED = flags.DEFINE_string("pretrained", None, "A model shipped in the package, instead of --workdir "
                                     "(hdr_jax.pretrained.available() lists them).")
-  _INPUT = flags.DEFINE_string("input", None, "NTIRE folder of scenes (NNNN_short/medium/long.png, NNNN_exposures.npy) "
-                                  "or a SIG17 root (scene folders of .tif frames and exposure.txt).")
+  _INPUT = flags.DEFINE_string("input", None, "NTIRE folder of scenes (NNNN_short/medium/long.png, NNNN_exposures.npy), "
+                               "a SIG17 root (scene folders of .tif frames and exposure.txt), a folder of "
+                               "three JPEG/PNG/TIFF frames, or a folder of such folders.")
   _OUTPUT = flags.DEFINE_string("output", None, "Output folder.")
   _FORMAT = flags.DEFINE_enum("format", None, ["ntire", "exr", "hdr"], "Output format (default: ntire for NTIRE "
-                              "input, hdr for SIG17).")
+                              "scenes, hdr for SIG17, exr for brackets).")
+  _EXPOSURES = flags.DEFINE_string("exposures", None, "Brackets: the frames' exposures in stops, in file-name order "
+                                   "(e.g. -2,0,2); default from the EXIF.")
+  _ALIGN = flags.DEFINE_enum("align", None, list(brackets.ALIGN_METHODS), "Brackets: global alignment of the "
+                             "short and long frames onto the medium one (default mtb).")
+  _TILE = flags.DEFINE_integer("tile", None, "Brackets: output pixels per tile side (default 512 for "
+                               "translation-local models; 0 = the whole frame at once).")
   _STEP = flags.DEFINE_string("step", "latest", "Checkpoint step: an integer, 'latest' or 'best'.")
   _SET = flags.DEFINE_multi_string("set", [], "Config overrides KEY=VALUE (e.g. sampler.steps=50 for diffusion).")
 
 
-def run(workdir, input_dir, output_dir, fmt=None, step="latest", overrides=None, pretrained=None) -> list[Path]:
-  """Predicts every scene of ``input_dir`` into ``output_dir`` with the checkpoint of ``workdir``, or
-  with the shipped model ``pretrained`` (exactly one of the two); returns the files written."""
+def input_kind(input_dir) -> str:
+  """``'ntire'`` (NTIRE scene files), ``'sig17'`` (SIG17 scene folders with their ``exposure.txt`` or
+  label) or ``'brackets'`` (image frames, or folders of them), checked in that order; anything else is read as NTIRE (whose reader
+  names the problem)."""
+  folder = Path(input_dir)
+  if not folder.is_dir() or any(p.name.endswith("_short.png") for p in folder.iterdir()):
+    return "ntire"
+  if sig17.has_sig17_scenes(folder):
+    return "sig17"
+  return "brackets" if brackets.is_bracket_input(folder) else "ntire"
+
+
+def run(workdir, input_dir, output_dir, fmt=None, step="latest", overrides=None, pretrained=None,
+        exposures=None, align=None, tile=None) -> list[Path]:
+  """Predicts every scene or bracket of ``input_dir`` (:func:`input_kind`) into ``output_dir`` with the
+  checkpoint of ``workdir``, or with the shipped model ``pretrained`` (exactly one of the two);
+  returns the files written. ``exposures``, ``align`` and ``tile`` are for brackets only."""
   if (workdir is None) == (pretrained is None):
     raise ValueError("give exactly one of --workdir (a training run) and --pretrained (a shipped model)")
+  kind = input_kind(input_dir)
+  if kind == "brackets":
+    return _run_brackets(workdir, input_dir, output_dir, fmt or "exr", step, overrides, pretrained, exposures,
+                         align, tile)
+  for name, value in (("exposures", exposures), ("align", align), ("tile", tile)):
+    if value is not None:
+      raise ValueError(f"--{name} is for bracket folders (JPEG/PNG/TIFF frames); {input_dir} holds "
+                       f"{'SIG17' if kind == 'sig17' else 'NTIRE'} scenes")
   if pretrained is not None:
     from hdr_jax import pretrained as pretrained_lib
 
@@ -74,11 +111,31 @@ def run(workdir, input_dir, output_dir, fmt=None, step="latest", overrides=None,
   return written
 
 
+def _run_brackets(workdir, input_dir, output_dir, fmt, step, overrides, pretrained, exposures, align, tile):
+  """Bracket folders: all checked (frames, sizes, exposures) before the model loads; :mod:`hdr_jax.brackets`."""
+  from hdr_jax import api
+
+  if fmt not in brackets.OUTPUT_FORMATS:
+    raise ValueError(f"--format={fmt}: bracket folders are written as exr or hdr (linear radiance); "
+                     "the ntire format is for NTIRE scene folders")
+  checked = brackets.check_inputs(input_dir, exposures)
+  hio.writable_dir(output_dir, "output folder")
+  model = api.load(workdir, pretrained=pretrained, step=step, overrides=overrides)
+  model.tiles_for(1, 1, tile)  # a model that cannot be tiled refuses an explicit --tile here
+  t0 = time.perf_counter()
+  written = brackets.predict_folder(model, input_dir, output_dir, fmt, exposures, align or brackets.DEFAULT_ALIGN,
+                                    tile, checked=checked)
+  print(f"{len(checked)} bracket(s) predicted with {model.config.model.name} (step {model.step}) in "
+        f"{time.perf_counter() - t0:.1f} s -> {Path(output_dir).absolute()} ({fmt} + preview png)")
+  return written
+
+
 def main(argv=None):
   _define_flags()
   engine_lib.run_cli(
       lambda: run(_WORKDIR.value, _INPUT.value, _OUTPUT.value, _FORMAT.value, _STEP.value,
-                  engine_lib.parse_overrides(_SET.value), _PRETRAINED.value), argv, required=(_INPUT, _OUTPUT))
+                  engine_lib.parse_overrides(_SET.value), _PRETRAINED.value, _EXPOSURES.value, _ALIGN.value,
+                  _TILE.value), argv, required=(_INPUT, _OUTPUT))
 
 
 if __name__ == "__main__":

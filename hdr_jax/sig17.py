@@ -259,6 +259,13 @@ def write_synthesized(folder, scene: dict) -> Path:
 # --------------------------------------------------------------------------------------------------
 
 
+def has_sig17_scenes(folder) -> bool:
+  """Whether ``folder`` holds SIG17 scene folders that carry their own ``exposure.txt`` or label: a folder
+  of bare TIFF frames is one's own bracket (:mod:`hdr_jax.brackets`), not a SIG17 scene."""
+  root = Path(folder)
+  return root.is_dir() and any((d / EXPOSURE_FILE).exists() or (d / LABEL_FILE).exists() for d in _scene_dirs(root))
+
+
 def detect_layout(folder) -> str:
   """``'ntire'`` for a flat folder of ``NNNN_short.png``-style scenes, ``'sig17'`` for scene folders of
   ``.tif`` frames / ``exposure.txt`` (at any depth); a DataError when it is neither."""

@@ -136,6 +136,18 @@ class AHDRNet(nnx.Module):
       out = out * hdr_math.max_radiance(exposures).astype(out.dtype)[:, None, None, None]
     return out
 
+  def receptive_radius(self) -> int:
+    """How far (in pixels) an output pixel sees into the inputs: the sum of the half-widths of the
+    convolutions on the longest path (conv1, the attention pair, conv2, every dense layer of every
+    DRDB at dilation 2, the global fusion 3x3, conv_up, conv3). Every layer is a convolution with zero
+    padding and the merge head is per pixel, so the network is translation-local: a prediction in
+    tiles with at least this halo equals the whole-frame one (``hdr_jax.tiling``). Official model: 43;
+    the shipped ``ahdrnet-merge-cpu`` (4 layers x 3 blocks): 31."""
+    half = lambda conv, dilation=1: dilation * (conv.kernel_size - 1) // 2
+    radius = half(self.conv1) + half(self.att11) + half(self.att12) + half(self.conv2)
+    radius += sum(half(conv, rdb.dilation) for rdb in self.rdbs for conv in rdb.dense)
+    return radius + half(self.gff_3x3) + half(self.conv_up) + half(self.conv3)
+
   def macs_per_pixel(self) -> int:
     """Multiply-accumulates per output pixel, summed from the convolution kernel shapes (the shared
     ``conv1`` runs once per frame). The official model: 1,446,720."""

@@ -77,6 +77,13 @@ class Task:
   def predict_estimate(self, bundle, frames, exposures):
     raise NotImplementedError(f"task {self.config.task!r} has no deterministic estimate")
 
+  def receptive_radius(self, bundle) -> int | None:
+    """The halo (pixels) that makes a prediction in tiles equal the whole-frame one, or None when
+    ``predict`` is not translation-local (image-wide statistics, attention, GroupNorm, noise drawn
+    for the whole frame): such a task predicts whole frames only (``hdr_jax.tiling``)."""
+    del bundle
+    return None
+
   def build_model(self, model_cfg, key) -> nnx.Module:
     return models.build_model(model_cfg, self.config.dtype, rngs=nnx.Rngs(params=key))
 

@@ -47,6 +47,12 @@ class RegressionTask(Task):
     set_mode(model, False)
     return hdr_math.gamma_encode(model(frames, exposures).astype(jnp.float32))
 
+  def receptive_radius(self, bundle) -> int | None:
+    """The model's own ``receptive_radius()`` (AHDRNet); None for a model without one (HDR-VAM's
+    Otsu masks threshold the whole frame, so it is not translation-local)."""
+    radius = getattr(bundle.model, "receptive_radius", None)
+    return radius() if callable(radius) else None
+
   def load_feature_extractor(self, engine, state, workdir):
     """Starts ``model.fe`` from an l-DAE (or any HDR-VAM) workdir (``config.init.feature_extractor``)."""
     return pretrain.load_feature_extractor(engine, state, workdir)
