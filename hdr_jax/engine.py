@@ -9,7 +9,6 @@ along ``data``; parameters and optimiser state are replicated. Every function is
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -294,51 +293,6 @@ class Engine:
     put = lambda x: jax.make_array_from_callback(x.shape, self.data_sharding, lambda idx: x[idx])
     out = fn(state, put(frames_u8), put(np.asarray(exposures, np.float32)), key)
     return to_host(out)[:b]
-
-
-# -------------------------------------------------------------------------------------------------
-# Data
-# -------------------------------------------------------------------------------------------------
-
-
-def resolve_data(config) -> tuple[Path | None, Path]:
-  """``(train_dir, val_dir)``: the configured NTIRE folders (``data.root``; ``data.val_root``, which
-  defaults to the training folder), the embedded dataset synthesised once into the cache for whichever
-  is not configured, or ``train_dir`` None when ``data.prepared`` supplies the training data and
-  ``data.root`` is unset (only the validation folder is needed then)."""
-  d = config.data
-  train = Path(d.root) if d.root else None
-  val = Path(d.val_root) if d.val_root else train
-  need_train, need_val = train is None and not d.prepared, val is None
-  if not (need_train or need_val):
-    return train, val
-  from hdr_jax import synthesize
-
-  e = d.embedded
-  cache = Path(d.cache_dir) if d.cache_dir else synthesize.default_cache_dir()
-  hdr_files = tuple(str(Path(p)) for p in e.hdr_files)
-  tag = "proc"
-  if any(p != synthesize.PROCEDURAL for p in hdr_files):  # the maps' names in short: other maps, other folder
-    tag = "real" + hashlib.sha1("\n".join(hdr_files).encode()).hexdigest()[:8]
-  if need_train:
-    train = cache / f"embedded_{tag}_train_n{e.train_scenes}_{e.height}x{e.width}_s{e.seed}"
-  if need_val:
-    val = cache / f"embedded_{tag}_val_n{e.val_scenes}_{e.val_height}x{e.val_width}_s{e.seed}"
-
-  def ensure():
-    if need_train:
-      synthesize.ensure_dataset(train, e.train_scenes, e.height, e.width, hdr_files=hdr_files, seed=e.seed)
-    if need_val:
-      synthesize.ensure_dataset(val, e.val_scenes, e.val_height, e.val_width, hdr_files=hdr_files,
-                                seed=e.seed + 7919)
-
-  if jax.process_index() == 0:
-    ensure()
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices("hdr_jax:embedded_dataset")
-    if jax.process_index() != 0:  # a host with its own disk makes its own (identical) copy
-      ensure()
-  return train, val
 
 
 # -------------------------------------------------------------------------------------------------

@@ -45,7 +45,12 @@ def format_table(rows, means) -> str:
 
 def run(workdir, data=None, step="latest", max_scenes=0, json_path=None, overrides=None) -> dict:
   config, engine, state, chosen = engine_lib.load_from_workdir(workdir, step, overrides)
-  folder = Path(data) if data else engine_lib.resolve_data(config)[1]
+  if data:
+    folder = Path(data)
+  else:  # the run's own validation data (imported here: the input pipeline is needed only then)
+    from hdr_jax import data as data_lib
+
+    folder = data_lib.resolve_data(config)[1]
   layout = sig17.detect_layout(folder)
   sig17.warn_mismatch(config, layout)
   scenes = sig17.validate_scenes(folder, layout, require_gt=True)

@@ -67,6 +67,8 @@ def make_train_iterator(config, train_dir):
 
 def train_and_evaluate(config, workdir) -> dict:
   """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints); returns the final summary."""
+  from hdr_jax import data as data_lib
+
   workdir = hio.workdir_path(workdir)
   engine_lib.maybe_initialize_distributed(config.distributed)
   _check_config(config)
@@ -74,7 +76,7 @@ def train_and_evaluate(config, workdir) -> dict:
   hio.writable_dir(workdir, "workdir")  # before any data, compilation or training step
 
   # Data first: every input problem surfaces before any compilation or training step.
-  train_dir, val_dir = engine_lib.resolve_data(config)
+  train_dir, val_dir = data_lib.resolve_data(config)
   # NTIRE or SIG17 (config.data.protocol, resolved from the folders and saved with the config below).
   protocol = sig17.apply_protocol(config, None if config.data.prepared else train_dir, val_dir)
   val_scenes = sig17.validate_scenes(val_dir, protocol, require_gt=True)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from hdr_jax import checkpoint
+from hdr_jax import checkpoint, data
 from hdr_jax import engine as engine_lib
 from hdr_jax import io as hio
 from hdr_jax.models.discriminator import PatchDiscriminator, StridedConv
@@ -224,7 +224,7 @@ def test_training_improves_psnr_mu(engine, initial, tmp_path):
   from hdr_jax import train
 
   config = tiny_config(tmp_path / "cache")
-  train_dir, val_dir = engine_lib.resolve_data(config)
+  train_dir, val_dir = data.resolve_data(config)
   scenes = hio.validate_folder(val_dir, require_gt=True)
   it = train.make_train_iterator(config, train_dir)
   state = on_device(engine, initial)
@@ -314,7 +314,7 @@ def test_entry_points_on_a_gan_checkpoint(tmp_path, monkeypatch):
   assert {"train/d_loss", "train/d_real_acc", "train/d_fake_acc", "train/g_adv", "train/recon"} <= logged
   summary = json.loads((wd / "summary.json").read_text())
   monkeypatch.setenv("HDR_JAX_CACHE", str(tmp_path / "cache"))
-  val = engine_lib.resolve_data(checkpoint.load_config(wd))[1]
+  val = data.resolve_data(checkpoint.load_config(wd))[1]
   with jax.threefry_partitionable(False):  # a faster-compiling initialiser, overwritten by the restore
     predict.run(wd, val, tmp_path / "pred")
   scored = score.score_folders(val, tmp_path / "pred")

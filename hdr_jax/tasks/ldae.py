@@ -141,9 +141,8 @@ def sample_training_frames(config, num_batches: int) -> np.ndarray:
   """``num_batches`` batches of training patches ``(N, 3, P, P, 3)`` uint8 from the run's data
   pipeline (seed ``config.seed``, one shard: the same sample on every process)."""
   from hdr_jax import data
-  from hdr_jax import engine as engine_lib
 
-  source = data.train_source(config, None if config.data.prepared else engine_lib.resolve_data(config)[0])
+  source = data.train_source(config, None if config.data.prepared else data.resolve_data(config)[0])
   it = data.make_train_iterator(source, patch_size=config.data.patch_size, global_batch_size=config.batch_size,
                                 seed=config.seed, num_workers=0)
   try:
