@@ -122,8 +122,6 @@ def split_model_spec(spec: str, overrides: dict) -> tuple[str, dict]:
 def load_config(name: str, dtype: str, batch: int, patch: int, overrides: dict):
   """``configs/<name>.py``'s config (``NAME:ARG``: its variant ``get_config(ARG)``, as ``diffusion:full``)
   with ``dtype``, ``batch_size``, ``data.patch_size`` and ``--set``."""
-  from hdr_jax import engine as engine_lib
-
   from hdr_jax import config_base
 
   stem, _, arg = name.partition(":")
@@ -135,7 +133,7 @@ def load_config(name: str, dtype: str, batch: int, patch: int, overrides: dict):
   config.batch_size = batch
   config.data.patch_size = patch
   config.progress = False
-  return engine_lib.apply_overrides(config, overrides)
+  return config_base.apply_overrides(config, overrides)
 
 
 def synthetic_batch(batch: int, size_hw: tuple[int, int], seed: int = 0) -> dict:
@@ -161,11 +159,13 @@ def param_count(engine, state) -> int:
 def jax_train(name: str, dtype: str, args, overrides: dict) -> dict:
   import jax
 
+  from hdr_jax import cli
   from hdr_jax import engine as engine_lib
 
   dev = jax.devices()[0]
   peak_before = common.peak_bytes(dev)
   config = load_config(name, dtype, args.batch, args.patch, overrides)
+  cli.use_compilation_cache(config)
   eng = engine_lib.Engine(config)
   start = time.perf_counter()
   state = jax.block_until_ready(eng.init_state(jax.random.key(config.seed)))
@@ -219,10 +219,12 @@ def jax_train(name: str, dtype: str, args, overrides: dict) -> dict:
 def jax_infer(name: str, dtype: str, args, overrides: dict) -> dict:
   import jax
 
+  from hdr_jax import cli
   from hdr_jax import engine as engine_lib
 
   dev = jax.devices()[0]
   config = load_config(name, dtype, args.batch, args.patch, overrides)
+  cli.use_compilation_cache(config)
   eng = engine_lib.Engine(config)
   state = jax.block_until_ready(eng.init_state(jax.random.key(config.seed)))
   n_params = param_count(eng, state)

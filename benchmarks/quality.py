@@ -259,10 +259,12 @@ def model_prediction(workdir, scene, overrides) -> np.ndarray:
   """A trained model's gamma-domain prediction for one scene (``engine.load_from_workdir``)."""
   import jax
 
+  from hdr_jax import cli
   from hdr_jax import engine as engine_lib
   from hdr_jax import io as hio
 
-  config, engine, state, _ = engine_lib.load_from_workdir(workdir, "latest", overrides)
+  config, engine, state, _ = engine_lib.load_from_workdir(workdir, "latest", overrides,
+                                                          prepare=cli.use_compilation_cache)
   d = hio.read_scene(scene)
   frames = np.round(d["frames"] * 255).astype(np.uint8)[None]
   return engine.predict(state, frames, d["exposures"][None], jax.random.key(config.seed))[0]

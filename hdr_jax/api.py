@@ -126,6 +126,7 @@ def load(workdir=None, *, pretrained: str | None = None, step: int | str = "late
   a model shipped in the package, ``pretrained="ahdrnet-merge-cpu"`` (``hdr_jax.pretrained.available()``
   lists them; a plain name that is not a folder is taken as a shipped model too). ``overrides``:
   config settings such as ``{"sampler.steps": 50}``."""
+  from hdr_jax import cli
   from hdr_jax import engine as engine_lib
   from hdr_jax import pretrained as pretrained_lib
 
@@ -136,5 +137,6 @@ def load(workdir=None, *, pretrained: str | None = None, step: int | str = "late
     pretrained, workdir = str(workdir), None
   if pretrained is not None:
     workdir, step = pretrained_lib.path(pretrained), "latest"
-  config, engine, state, chosen = engine_lib.load_from_workdir(workdir, step, overrides)
+  config, engine, state, chosen = engine_lib.load_from_workdir(workdir, step, overrides,
+                                                               prepare=cli.use_compilation_cache)
   return HDRModel(config, engine, state, chosen, workdir)

@@ -91,3 +91,17 @@ def load_config_file(path, arg: str = "") -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg) if arg else module.get_config()
+
+
+def apply_overrides(config, overrides: dict | None):
+  """Sets dotted keys (``{"model.gamma": 2.2}``) on a ConfigDict; a missing key is an error."""
+  for k, v in (overrides or {}).items():
+    *path, last = k.split(".")
+    node = config
+    try:
+      for p in path:
+        node = node[p]
+      node[last] = v
+    except (KeyError, AttributeError, TypeError) as e:
+      raise ValueError(f"--set {k}={v!r}: {e}") from None
+  return config

@@ -21,6 +21,7 @@ from absl import flags
 from flax import nnx
 
 from hdr_jax import checkpoint as ckpt_lib
+from hdr_jax import cli, config_base
 from hdr_jax import engine as engine_lib
 from hdr_jax import io as hio
 from hdr_jax.config_base import get_base_config
@@ -81,7 +82,8 @@ def convert(kind: str, weights, workdir, overrides: dict | None = None, protocol
       raise ValueError(f"--protocol=sig17: no SIG17 convention is defined for --from={kind}")
     config.model.update(SIG17_MODEL[model_name])
   config.data.protocol = protocol
-  engine_lib.apply_overrides(config, overrides)
+  config_base.apply_overrides(config, overrides)
+  cli.use_compilation_cache(config)
   engine = engine_lib.Engine(config)
   state = engine.init_state(jax.random.key(config.seed))
   bundle = engine.bundle(state)
@@ -98,8 +100,8 @@ def convert(kind: str, weights, workdir, overrides: dict | None = None, protocol
 
 def main(argv=None):
   _define_flags()
-  engine_lib.run_cli(
-      lambda: convert(_FROM.value, _WEIGHTS.value, _WORKDIR.value, engine_lib.parse_overrides(_SET.value),
+  cli.run_cli(
+      lambda: convert(_FROM.value, _WEIGHTS.value, _WORKDIR.value, cli.parse_overrides(_SET.value),
                       _PROTOCOL.value),
       argv, required=(_FROM, _WEIGHTS, _WORKDIR))
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import jax
 from absl import flags
 
+from hdr_jax import cli
 from hdr_jax import engine as engine_lib
 from hdr_jax import io as hio
 from hdr_jax import sig17
@@ -44,7 +45,8 @@ def format_table(rows, means) -> str:
 
 
 def run(workdir, data=None, step="latest", max_scenes=0, json_path=None, overrides=None) -> dict:
-  config, engine, state, chosen = engine_lib.load_from_workdir(workdir, step, overrides)
+  config, engine, state, chosen = engine_lib.load_from_workdir(workdir, step, overrides,
+                                                               prepare=cli.use_compilation_cache)
   if data:
     folder = Path(data)
   else:  # the run's own validation data (imported here: the input pipeline is needed only then)
@@ -69,9 +71,9 @@ def run(workdir, data=None, step="latest", max_scenes=0, json_path=None, overrid
 
 def main(argv=None):
   _define_flags()
-  engine_lib.run_cli(
+  cli.run_cli(
       lambda: run(_WORKDIR.value, _DATA.value, _STEP.value, _MAX.value, _OUT.value,
-                  engine_lib.parse_overrides(_SET.value)), argv, required=(_WORKDIR,))
+                  cli.parse_overrides(_SET.value)), argv, required=(_WORKDIR,))
 
 
 if __name__ == "__main__":

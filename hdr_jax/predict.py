@@ -26,6 +26,7 @@ import jax
 from absl import flags
 
 from hdr_jax import brackets
+from hdr_jax import cli
 from hdr_jax import engine as engine_lib
 from hdr_jax import io as hio
 from hdr_jax import sig17
@@ -93,7 +94,8 @@ def run(workdir, input_dir, output_dir, fmt=None, step="latest", overrides=None,
   scenes = sig17.validate_scenes(input_dir, layout)
   if jax.process_index() == 0:  # before the model is built: an unwritable --output fails at once
     hio.writable_dir(output_dir, "output folder")
-  config, engine, state, chosen = engine_lib.load_from_workdir(workdir, step, overrides)
+  config, engine, state, chosen = engine_lib.load_from_workdir(workdir, step, overrides,
+                                                               prepare=cli.use_compilation_cache)
   sig17.warn_mismatch(config, layout)
   written = []
   t0 = time.perf_counter()
@@ -132,9 +134,9 @@ def _run_brackets(workdir, input_dir, output_dir, fmt, step, overrides, pretrain
 
 def main(argv=None):
   _define_flags()
-  engine_lib.run_cli(
+  cli.run_cli(
       lambda: run(_WORKDIR.value, _INPUT.value, _OUTPUT.value, _FORMAT.value, _STEP.value,
-                  engine_lib.parse_overrides(_SET.value), _PRETRAINED.value, _EXPOSURES.value, _ALIGN.value,
+                  cli.parse_overrides(_SET.value), _PRETRAINED.value, _EXPOSURES.value, _ALIGN.value,
                   _TILE.value), argv, required=(_INPUT, _OUTPUT))
 
 

@@ -21,6 +21,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from hdr_jax import checkpoint as ckpt_lib
+from hdr_jax import cli
 from hdr_jax import engine as engine_lib
 from hdr_jax import io as hio
 from hdr_jax import metrics_log, sig17
@@ -70,7 +71,7 @@ def train_and_evaluate(config, workdir) -> dict:
   from hdr_jax import data as data_lib
 
   workdir = hio.workdir_path(workdir)
-  engine_lib.maybe_initialize_distributed(config.distributed)
+  cli.maybe_initialize_distributed(config.distributed)
   _check_config(config)
   primary = jax.process_index() == 0
   hio.writable_dir(workdir, "workdir")  # before any data, compilation or training step
@@ -84,6 +85,7 @@ def train_and_evaluate(config, workdir) -> dict:
     val_scenes = val_scenes[: config.eval.max_scenes]
   train_iter = make_train_iterator(config, train_dir)
 
+  cli.use_compilation_cache(config)
   engine = engine_lib.Engine(config)
   root_key = jax.random.key(config.seed)
   init_key, train_key, eval_key = jax.random.split(root_key, 3)
@@ -238,7 +240,7 @@ def main(argv=None):
     default = Path("runs") / Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem
     train_and_evaluate(config, _WORKDIR.value or str(default))
 
-  engine_lib.run_cli(body, argv, required=(flags.FLAGS["config"],))
+  cli.run_cli(body, argv, required=(flags.FLAGS["config"],))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from hdr_jax import config_base
 from hdr_jax import engine as engine_lib
 from hdr_jax import hdr_math
 
@@ -67,7 +68,7 @@ def load_config(name: str, dtype: str):
   spec = importlib.util.spec_from_file_location(f"_hdr_jax_config_{name}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return engine_lib.apply_overrides(module.get_config(), {**tiny, "dtype": dtype, "batch_size": BATCH,
+  return config_base.apply_overrides(module.get_config(), {**tiny, "dtype": dtype, "batch_size": BATCH,
                                                          "data.patch_size": PATCH})
 
 

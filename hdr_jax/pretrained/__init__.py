@@ -37,9 +37,10 @@ def card(name: str) -> dict:
 
 def load(name: str, overrides: dict | None = None):
   """``(config, engine, state, step)`` of the shipped model ``name``, as ``engine.load_from_workdir``."""
+  from hdr_jax import cli
   from hdr_jax import engine as engine_lib
 
-  return engine_lib.load_from_workdir(path(name), "latest", overrides)
+  return engine_lib.load_from_workdir(path(name), "latest", overrides, prepare=cli.use_compilation_cache)
 
 
 def export(workdir, name: str, card: dict, step: int | None = None) -> Path:
