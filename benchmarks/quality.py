@@ -216,7 +216,7 @@ def make_eval_sets(args) -> dict:
 
 def scene_baselines(eval_dirs: dict) -> dict:
   """Per level: mean metrics of the medium frame and the classical merge over the level's scenes."""
-  from hdr_jax import engine as engine_lib
+  from hdr_jax import evaluation
   from hdr_jax import io as hio
 
   out = {}
@@ -225,7 +225,7 @@ def scene_baselines(eval_dirs: dict) -> dict:
     for s in hio.validate_folder(folder, require_gt=True):
       d = hio.read_scene(s)
       for name, pred in baseline_predictions(d).items():
-        rows[name].append(engine_lib.scene_metrics(d["gt"], pred))
+        rows[name].append(evaluation.scene_metrics(d["gt"], pred))
     out[level] = {name: {k: float(np.mean([r[k] for r in r_])) for k in METRICS} for name, r_ in rows.items()}
   return out
 

@@ -18,6 +18,7 @@ from absl import flags
 
 from hdr_jax import cli
 from hdr_jax import engine as engine_lib
+from hdr_jax import evaluation
 from hdr_jax import io as hio
 from hdr_jax import sig17
 
@@ -58,7 +59,7 @@ def run(workdir, data=None, step="latest", max_scenes=0, json_path=None, overrid
   scenes = sig17.validate_scenes(folder, layout, require_gt=True)
   if max_scenes:
     scenes = scenes[:max_scenes]
-  means, rows = engine_lib.evaluate_scenes(engine, state, scenes, key=jax.random.key(config.seed))
+  means, rows = evaluation.evaluate_scenes(engine, state, scenes, key=jax.random.key(config.seed))
   result = {"workdir": str(hio.workdir_path(workdir)), "step": chosen, "data": str(folder.absolute()),
             "model": config.model.name, "mean": means, "scenes": rows}
   if jax.process_index() == 0:

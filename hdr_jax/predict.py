@@ -28,6 +28,7 @@ from absl import flags
 from hdr_jax import brackets
 from hdr_jax import cli
 from hdr_jax import engine as engine_lib
+from hdr_jax import evaluation
 from hdr_jax import io as hio
 from hdr_jax import sig17
 
@@ -99,7 +100,7 @@ def run(workdir, input_dir, output_dir, fmt=None, step="latest", overrides=None,
   sig17.warn_mismatch(config, layout)
   written = []
   t0 = time.perf_counter()
-  for d, pred in engine_lib.iter_predictions(engine, state, scenes, key=jax.random.key(config.seed)):
+  for d, pred in evaluation.iter_predictions(engine, state, scenes, key=jax.random.key(config.seed)):
     if jax.process_index() == 0:
       try:
         written += write(d, pred)

@@ -23,6 +23,7 @@ from ml_collections import config_flags
 from hdr_jax import checkpoint as ckpt_lib
 from hdr_jax import cli
 from hdr_jax import engine as engine_lib
+from hdr_jax import evaluation
 from hdr_jax import io as hio
 from hdr_jax import metrics_log, sig17
 
@@ -119,7 +120,7 @@ def train_and_evaluate(config, workdir) -> dict:
 
   def evaluate(step):
     try:
-      means, _ = engine_lib.evaluate_scenes(engine, state, val_scenes, key=eval_key, writer=writer, step=step,
+      means, _ = evaluation.evaluate_scenes(engine, state, val_scenes, key=eval_key, writer=writer, step=step,
                                             preview=config.eval.preview_scenes)
     except FloatingPointError as e:
       raise NonFiniteLossError(f"evaluation at step {step} failed: {e}; training stopped; the last good "

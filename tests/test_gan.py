@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from hdr_jax import checkpoint, data
+from hdr_jax import checkpoint, data, evaluation
 from hdr_jax import engine as engine_lib
 from hdr_jax import io as hio
 from hdr_jax.models.discriminator import PatchDiscriminator, StridedConv
@@ -228,11 +228,11 @@ def test_training_improves_psnr_mu(engine, initial, tmp_path):
   scenes = hio.validate_folder(val_dir, require_gt=True)
   it = train.make_train_iterator(config, train_dir)
   state = on_device(engine, initial)
-  before, _ = engine_lib.evaluate_scenes(engine, state, scenes, key=jax.random.key(0))
+  before, _ = evaluation.evaluate_scenes(engine, state, scenes, key=jax.random.key(0))
   for step in range(60):
     state, m = engine.train_step(state, engine.global_batch(next(it)), jax.random.key(step))
   assert np.isfinite(float(m["loss"]))
-  after, _ = engine_lib.evaluate_scenes(engine, state, scenes, key=jax.random.key(0))
+  after, _ = evaluation.evaluate_scenes(engine, state, scenes, key=jax.random.key(0))
   assert after["psnr_mu"] > before["psnr_mu"] + 3.0, (before, after)
 
 

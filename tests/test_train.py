@@ -187,7 +187,7 @@ def test_overfitting_a_few_scenes_beats_the_medium_frame(tmp_path):
   OpenCV 5.1 and 7.13 / 7.14 dB under 4.14 (benchmarks/RESULTS.md). The direct sigmoid head it replaced collapsed on seed 1 (loss stuck, 11 dB)."""
   import jax
 
-  from hdr_jax import config_base, data, engine, synthesize
+  from hdr_jax import config_base, data, engine, evaluation, synthesize
   from hdr_jax import io as hio
 
   seed = 3
@@ -201,10 +201,10 @@ def test_overfitting_a_few_scenes_beats_the_medium_frame(tmp_path):
   state = e.init_state(jax.random.key(seed))
   it = data.make_train_iterator(data.NtireSource(root), patch_size=64, global_batch_size=2, seed=seed)
   scenes = hio.validate_folder(root, require_gt=True)
-  start, _ = engine.evaluate_scenes(e, state, scenes)
+  start, _ = evaluation.evaluate_scenes(e, state, scenes)
   for i in range(300):
     state, m = e.train_step(state, e.global_batch(next(it)), jax.random.key(i))
-  means, rows = engine.evaluate_scenes(e, state, scenes)
+  means, rows = evaluation.evaluate_scenes(e, state, scenes)
   assert np.isfinite(float(m["loss"]))
   assert means["psnr_mu"] > start["psnr_mu"] + 5.0, (start, means)
   assert means["psnr_mu"] > means["baseline_psnr_mu"] + 5.0, means
