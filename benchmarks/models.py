@@ -145,12 +145,6 @@ def synthetic_batch(batch: int, size_hw: tuple[int, int], seed: int = 0) -> dict
           "gt": rng.uniform(0.0, 1.2, (batch, h, w, 3)).astype(np.float32)}
 
 
-def param_count(engine, state) -> int:
-  import jax
-
-  return int(sum(x.size for x in jax.tree.leaves(engine.task.param_state(engine.bundle(state)))))
-
-
 # --------------------------------------------------------------------------------------------------
 # JAX: train step (this process) and full-frame inference (a worker process)
 # --------------------------------------------------------------------------------------------------
@@ -170,7 +164,7 @@ def jax_train(name: str, dtype: str, args, overrides: dict) -> dict:
   start = time.perf_counter()
   state = jax.block_until_ready(eng.init_state(jax.random.key(config.seed)))
   init_s = time.perf_counter() - start
-  n_params = param_count(eng, state)
+  n_params = eng.param_count(state)
   batch = eng.global_batch(synthetic_batch(args.batch, (args.patch, args.patch)))
   key = jax.random.key(1)
   holder = {"state": state}
@@ -185,7 +179,7 @@ def jax_train(name: str, dtype: str, args, overrides: dict) -> dict:
 
   with common.RssPeak() as rss:
     _, first_s = common.timed(step, sync)
-    lowered = eng._train.lower(holder["state"], batch, key)  # the engine's executable (compile cache hit)
+    lowered = eng.train_step.lower(holder["state"], batch, key)  # the engine's executable (compile cache hit)
     compiled = lowered.compile()
     t = common.time_repeats(step, repeats=args.repeats, warmup=args.warmup, iters=args.iters, sync=sync)
     metrics = jax.device_get(step())
@@ -195,8 +189,8 @@ def jax_train(name: str, dtype: str, args, overrides: dict) -> dict:
   # nobody needs (0.24 % less for AHDRNet). Unlike 3 x forward it also holds for the GAN, whose step
   # trains a discriminator too, and for the DDPM, whose predict is a whole sampler. The forward's count
   # and XLA's own counts (which omit cuDNN convolutions on GPU) stay in the JSON.
-  flops_train = common.model_flops(eng._train, holder["state"], batch, key)
-  flops_fwd = common.model_flops(eng._make_predict(), holder["state"], batch["frames"], batch["exposures"], key)
+  flops_train = common.model_flops(eng.train_step, holder["state"], batch, key)
+  flops_fwd = common.model_flops(eng.predict_step, holder["state"], batch["frames"], batch["exposures"], key)
   flops_xla = common.cost_flops(compiled)
   out = {"ms_per_step": 1e3 * t["median_s"], "steps_per_s": 1 / t["median_s"],
          "crops_per_s": args.batch / t["median_s"], "min_ms": 1e3 * t["min_s"], "max_ms": 1e3 * t["max_s"],
@@ -227,7 +221,7 @@ def jax_infer(name: str, dtype: str, args, overrides: dict) -> dict:
   cli.use_compilation_cache(config)
   eng = engine_lib.Engine(config)
   state = jax.block_until_ready(eng.init_state(jax.random.key(config.seed)))
-  n_params = param_count(eng, state)
+  n_params = eng.param_count(state)
   frame = synthetic_batch(1, (args.height, args.width), seed=1)
   frames, exposures = frame["frames"], frame["exposures"]
   in_use0, peak0 = common.bytes_in_use(dev), common.peak_bytes(dev)
@@ -236,15 +230,16 @@ def jax_infer(name: str, dtype: str, args, overrides: dict) -> dict:
     key = jax.random.key(config.seed)
     f_dev = jax.device_put(frames, eng.data_sharding)
     e_dev = jax.device_put(exposures, eng.data_sharding)
-    lowered = eng._predict.lower(state, f_dev, e_dev, key)  # the executable engine.predict just compiled
+    lowered = eng.predict_step.lower(state, f_dev, e_dev, key)  # the executable engine.predict just compiled
     compiled = lowered.compile()
-    t = common.time_repeats(lambda: eng._predict(state, f_dev, e_dev, key), repeats=args.repeats, warmup=args.warmup)
+    t = common.time_repeats(lambda: eng.predict_step(state, f_dev, e_dev, key), repeats=args.repeats,
+                            warmup=args.warmup)
     e2e = common.time_repeats(lambda: eng.predict(state, frames, exposures), repeats=max(1, min(args.repeats, 5)),
                               warmup=1, sync=lambda x: x)
   peak = common.peak_bytes(dev)
   return {"ms": 1e3 * t["median_s"], "min_ms": 1e3 * t["min_s"], "max_ms": 1e3 * t["max_s"],
           "e2e_ms": 1e3 * e2e["median_s"], "first_call_s": first_s, "compile_s": max(0.0, first_s - e2e["median_s"]),
-          "timing": t, "flops": common.model_flops(eng._predict, state, f_dev, e_dev, key),
+          "timing": t, "flops": common.model_flops(eng.predict_step, state, f_dev, e_dev, key),
           "flops_xla": common.cost_flops(compiled), "flops_xla_hlo": common.cost_flops(lowered),
           "xla_memory": common.xla_memory(compiled), "peak_bytes": peak,
           "peak_set_here": None if peak is None else (peak0 is None or peak > peak0),

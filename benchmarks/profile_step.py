@@ -143,7 +143,7 @@ def _target_fn(args):
 
       return fn, lambda m: jax.block_until_ready((state["s"], m)), f"train step {name} {args.batch}x{args.patch}^2"
     scene = model_bench.synthetic_batch(1, (args.height, args.width))
-    predict = eng._make_predict()
+    predict = eng.predict_step
     frames, exposures = jax.device_put(scene["frames"]), jax.device_put(scene["exposures"])
     return (lambda: predict(state["s"], frames, exposures, key), jax.block_until_ready,
             f"predict {name} {args.height}x{args.width}")

@@ -35,7 +35,21 @@ def to_host(x) -> np.ndarray:
 
 
 class Engine:
-  """A task's bundle on a mesh, with jitted train and predict functions."""
+  """A task's bundle on a mesh, with its jitted train and predict functions.
+
+  Everything is built at construction and has no effect outside the object (no JAX setting is changed;
+  programs set up the process with :mod:`hdr_jax.cli`):
+
+  * ``graphdef``: the bundle's structure, traced abstractly (no parameter is computed), so a state from
+    :meth:`init_state` or a checkpoint merges with it (:meth:`bundle`);
+  * ``train_step(state, batch, key) -> (state, metrics)``: the jitted, sharded train step (the state is
+    donated); ``batch`` from :meth:`global_batch`;
+  * ``predict_step(state, frames, exposures, key)`` and ``estimate_step`` (the deterministic estimate, same
+    arguments, the key unused):
+    the jitted predict on device arrays sharded along ``data``, which :meth:`predict` and
+    :meth:`predict_estimate` run on host arrays; their ``.lower(...)`` is the program they compile;
+  * :meth:`param_count`: the trained parameters of a state (``task.param_state``).
+  """
 
   def __init__(self, config, task=None, mesh=None):
     self.config = config
@@ -44,17 +58,18 @@ class Engine:
     self.replicated = NamedSharding(self.mesh, P())
     self.data_sharding = NamedSharding(self.mesh, P("data"))
     self.num_shards = self.mesh.shape["data"]
-    self.graphdef = None
-    self._train = None
-    self._predict = None
-    self._estimate = None
+    # The bundle's structure from an abstract trace of its construction (shapes only; the key's value
+    # does not matter), so the jitted functions below exist before any state does.
+    self.graphdef, _ = nnx.split(nnx.eval_shape(lambda: self.task.create(jax.random.key(0))))
+    self.train_step = self._make_train()
+    self.predict_step = self._make_predict()
+    self.estimate_step = self._make_predict(estimate=True)
 
   # ---------------------------------------------------------------------------------------------
   def init_state(self, key) -> nnx.State:
     """Creates the task's bundle and returns its state, replicated over the mesh."""
-    # Built abstractly, then initialised in one compiled program directly into its sharding (eager
-    # construction compiles one small program per distinct parameter shape, which is slow).
-    self.graphdef, _ = nnx.split(nnx.eval_shape(lambda: self.task.create(key)))
+    # Initialised in one compiled program directly into its sharding (eager construction compiles one
+    # small program per distinct parameter shape, which is slow).
     # Non-partitionable threefry: XLA compiles this program ~3.5x faster on CPU (the state is
     # replicated, so partitionable random bits buy nothing here).
     with jax.threefry_partitionable(False):
@@ -67,7 +82,13 @@ class Engine:
       return init.lower(key).compile(compiler_options=options)(key)
 
   def bundle(self, state):
+    """The task's bundle (networks and optimisers) of ``state``."""
     return nnx.merge(self.graphdef, state)
+
+  def param_count(self, state) -> int:
+    """How many trained parameters ``state`` holds (``task.param_state``: an EMA copy or a frozen part is
+    not counted)."""
+    return int(sum(x.size for x in jax.tree.leaves(self.task.param_state(self.bundle(state)))))
 
   # ---------------------------------------------------------------------------------------------
   def _make_train(self):
@@ -85,11 +106,6 @@ class Engine:
 
     return jax.jit(step, in_shardings=(self.replicated, self.data_sharding, self.replicated),
                    out_shardings=(self.replicated, self.replicated), donate_argnums=(0,))
-
-  def train_step(self, state, batch, key):
-    if self._train is None:
-      self._train = self._make_train()
-    return self._train(state, batch, key)
 
   def global_batch(self, local_batch: dict) -> dict:
     """Assembles the global batch from this process's share (``jax.make_array_from_process_local_data``)."""
@@ -116,15 +132,11 @@ class Engine:
 
     The batch is padded with copies to a multiple of the mesh size, sharded, and cut back.
     """
-    if self._predict is None:
-      self._predict = self._make_predict()
-    return self._run(self._predict, state, frames_u8, exposures, key)
+    return self._run(self.predict_step, state, frames_u8, exposures, key)
 
   def predict_estimate(self, state, frames_u8: np.ndarray, exposures: np.ndarray) -> np.ndarray:
     """The deterministic estimate a task's prediction refines (``task.has_estimate``), as :meth:`predict`."""
-    if self._estimate is None:
-      self._estimate = self._make_predict(estimate=True)
-    return self._run(self._estimate, state, frames_u8, exposures, None)
+    return self._run(self.estimate_step, state, frames_u8, exposures, None)
 
   def _run(self, fn, state, frames_u8, exposures, key):
     if key is None:

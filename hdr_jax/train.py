@@ -108,7 +108,7 @@ def train_and_evaluate(config, workdir) -> dict:
 
   writer = metrics_log.MetricWriter(workdir)
   if primary and start_step == 0:
-    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(engine.task.param_state(engine.bundle(state))))
+    n_params = engine.param_count(state)
     writer.write_scalars(0, {"num_params": n_params})
     print(f"{config.model.name}: {n_params:,} parameters; {jax.device_count()} device(s) "
           f"({jax.devices()[0].platform}), {jax.process_count()} process(es); "
