@@ -304,16 +304,6 @@ def ssim_l(ref, res):
   return ssim(ref / m, res / m)
 
 
-def all_metrics(ref, res, gamma: float = GAMMA):
-  """Dict of per-image PSNR-mu, PSNR-L, SSIM-mu, SSIM-L for gamma-domain HDR batches."""
-  return {
-      "psnr_mu": psnr_mu(ref, res, gamma),
-      "psnr_l": psnr_l(ref, res),
-      "ssim_mu": ssim_mu(ref, res, gamma),
-      "ssim_l": ssim_l(ref, res),
-  }
-
-
 # --------------------------------------------------------------------------------------------------
 # Training loss
 # --------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import re
 import struct
 import tempfile
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -495,12 +495,3 @@ def write_result(folder, scene_id: str, hdr, fmt: str = "ntire") -> list[Path]:
   else:
     raise ValueError(f"unknown output format {fmt!r} (ntire, exr or hdr)")
   return paths
-
-
-def list_files(folder, suffix: str) -> list[Path]:
-  return sorted(p for p in Path(folder).iterdir() if p.name.endswith(suffix) and not p.name.startswith("."))
-
-
-def iter_chunks(seq: Sequence, n: int) -> Iterable[Sequence]:
-  for i in range(0, len(seq), n):
-    yield seq[i : i + n]

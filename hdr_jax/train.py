@@ -114,7 +114,7 @@ def train_and_evaluate(config, workdir) -> dict:
           f"({jax.devices()[0].platform}), {jax.process_count()} process(es); "
           f"data: {config.data.prepared or train_dir}", flush=True)
 
-  def meta_for(step):
+  def meta_for():
     return {"rng": np.asarray(jax.random.key_data(root_key)).tolist(), "model": config.model.name,
             "task": config.task, "config": json.loads(config.to_json_best_effort())}
 
@@ -131,7 +131,7 @@ def train_and_evaluate(config, workdir) -> dict:
   def save(step, metrics=None):
     last_good = ckpts.latest_step()
     try:
-      ckpts.save(step, state, meta=meta_for(step), data_iter=train_iter, metrics=metrics)
+      ckpts.save(step, state, meta=meta_for(), data_iter=train_iter, metrics=metrics)
     except Exception as e:  # a full disk, a workdir gone read-only: Orbax left only its tmp folder
       kept = (f"the last good checkpoint (step {last_good}, {ckpts.directory / str(last_good)}) is left intact; "
               f"free space or fix the workdir and rerun the same command to resume from it"
