@@ -76,6 +76,7 @@ def setup_compilation_cache(setting="auto") -> str | None:
     jax.config.update("jax_compilation_cache_dir", setting)
   return setting
 
+
 def use_compilation_cache(config) -> str | None:
   """:func:`setup_compilation_cache` with ``config.compilation_cache`` (``'auto'`` where the config has no
   such key): what a program calls once it has its config and before it builds an Engine."""
