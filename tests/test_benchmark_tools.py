@@ -71,13 +71,13 @@ def test_sampler_quality_parses_samplers():
 
 def test_sampler_quality_tiny(tmp_path):
   """Trains the main job's config for 2 steps through the trainer, then scores one checkpoint with the
-  full ancestral sampler and DDIM, two seeds each; the first sampler is the reference of the gaps."""
+  full ancestral sampler and DDIM, one seed each; the first sampler is the reference of the gaps."""
   out = tmp_path / "sq.json"
   env = {"HDR_JAX_CACHE": str(tmp_path / "cache"), **cli_env(), "PYTHONPATH": str(ROOT),
          "JAX_PLATFORMS": "cpu"}
   proc = subprocess.run(
       [sys.executable, "benchmarks/sampler_quality.py", f"--workdir={tmp_path / 'run'}", "--train_steps=2",
-       "--val_scenes=1", "--samplers=ddpm,ddim:5:1", "--seeds=0,1", "--set=diffusion.timesteps=10",
+       "--val_scenes=1", "--samplers=ddpm,ddim:5:1", "--seeds=0", "--set=diffusion.timesteps=10",
        "--set=sampler.steps=5", "--set=data.embedded.train_scenes=2", "--set=batch_size=2",
        "--set=data.patch_size=32", "--set=data.embedded.height=48", "--set=data.embedded.width=48",
        "--set=data.embedded.val_height=32", "--set=data.embedded.val_width=48", "--set=model.ch=8",
@@ -86,8 +86,7 @@ def test_sampler_quality_tiny(tmp_path):
        "--set=estimator.n_dense=2", f"--json={out}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   report = json.loads(out.read_text())
-  assert [(r["sampler"], r["seed"]) for r in report["rows"]] == [("ddpm (all T)", 0), ("ddpm (all T)", 1),
-                                                                  ("ddim-5 eta 1", 0), ("ddim-5 eta 1", 1)]
+  assert [(r["sampler"], r["seed"]) for r in report["rows"]] == [("ddpm (all T)", 0), ("ddim-5 eta 1", 0)]
   assert all(np.isfinite(r["psnr_mu"]) and r["scenes"] == 1 for r in report["rows"])
   summary = report["summary"]
   assert summary["ddpm (all T)"]["gap_to_reference_db"] == 0.0
@@ -97,8 +96,7 @@ def test_sampler_quality_tiny(tmp_path):
   assert np.isfinite(report["baseline"]["psnr_mu"]) and "ddim-5 eta 1" in proc.stdout
   # each evaluation is reported as it ends, in order, before the summary table
   done = [ln for ln in proc.stdout.splitlines() if ln.startswith("sampler quality: ") and ", seed " in ln]
-  assert [ln.split(":")[1].strip() for ln in done] == ["ddpm (all T), seed 0", "ddpm (all T), seed 1",
-                                                      "ddim-5 eta 1, seed 0", "ddim-5 eta 1, seed 1"], done
+  assert [ln.split(":")[1].strip() for ln in done] == ["ddpm (all T), seed 0", "ddim-5 eta 1, seed 0"], done
   assert any((tmp_path / "run" / "xla_cache").iterdir())  # the evaluations' shared compilation cache
 
 
