@@ -24,6 +24,7 @@ from hdr_jax import checkpoint as ckpt_lib
 from hdr_jax import cli, config_base
 from hdr_jax import engine as engine_lib
 from hdr_jax import io as hio
+from hdr_jax import sig17
 from hdr_jax.config_base import get_base_config
 
 SOURCES = {
@@ -61,7 +62,7 @@ def load_weights(kind: str, model, path) -> None:
 # What --protocol=sig17 records: the official AHDRNet mapping on Kalantari's data. The 'exposure' head is
 # sigmoid * 2 ** (stops_medium - stops_short) relative to the medium frame, which hdr_math.internal_to_sig17
 # divides back out: the official sigmoid output, exactly (a power of two).
-SIG17_MODEL = {"ahdrnet": {"gamma": 2.2, "exposure_reference": "short", "output_head": "exposure"}}
+SIG17_MODEL = {"ahdrnet": {**sig17.MODEL_SETTINGS, "output_head": "exposure"}}
 
 
 def convert(kind: str, weights, workdir, overrides: dict | None = None, protocol: str = "ntire") -> Path:

@@ -33,10 +33,15 @@ PERCENTILE = 99.0
 # --------------------------------------------------------------------------------------------------
 
 
+def _xp(x):
+  """The array module of ``x``: jax.numpy for jax arrays, NumPy otherwise."""
+  return jnp if isinstance(x, jax.Array) else np
+
+
 def unit_frames(frames):
   """LDR frames as float32 in [0, 1]: 8-bit codes / 255 (NTIRE PNG, JPEG), 16-bit codes / 65535 (SIG17
   TIFF, 16-bit PNG), floats as they are. The dtype decides at trace time (numpy or jax arrays)."""
-  xp = jnp if isinstance(frames, jax.Array) else np
+  xp = _xp(frames)
   if frames.dtype == np.uint8:
     return frames.astype(xp.float32) / xp.float32(255.0)
   if frames.dtype == np.uint16:
@@ -251,10 +256,11 @@ def psnr_l(ref, res):
   return psnr(ref / m, res / m)
 
 
-def _gaussian_kernel(size: int = 11, sigma: float = 1.5):
+def _gaussian_kernel(size: int = 11, sigma: float = 1.5, dtype=np.float32):
+  """The normalised 1-D Gaussian window (``cv2.getGaussianKernel``), computed in float64."""
   x = np.arange(size, dtype=np.float64) - (size - 1) / 2
   k = np.exp(-(x**2) / (2 * sigma**2))
-  return (k / k.sum()).astype(np.float32)
+  return (k / k.sum()).astype(dtype)
 
 
 def _gaussian_filter_valid(x, kernel):
@@ -362,10 +368,6 @@ def np_psnr_l(ref, res):
 SIG17_GAMMA = 2.2
 
 
-def _xp(x):
-  return jnp if isinstance(x, jax.Array) else np
-
-
 def sig17_scale(exposures):
   """``2 ** (stops_medium - stops_short)``: the medium-relative radiance of a SIG17 label value 1
   (shape ``(...)`` for exposures ``(..., 3)``; NumPy or jax like its input)."""
@@ -374,14 +376,18 @@ def sig17_scale(exposures):
   return xp.exp2(e[..., 1] - e[..., 0])
 
 
+def _image_scale(exposures):
+  """:func:`sig17_scale` shaped to multiply ``(..., H, W, C)`` images."""
+  s = sig17_scale(exposures)
+  return s.reshape(s.shape + (1, 1, 1)) if s.ndim else s
+
+
 def sig17_to_internal(linear, exposures):
   """A SIG17 linear label ``(..., H, W, C)`` (relative to the shortest exposure) -> the internal
   gamma-domain target relative to the medium exposure: ``(linear * sig17_scale) ** (1 / GAMMA)``.
   NumPy in, NumPy out (the data pipeline's readers run it on the host); jax in, jax out."""
   xp = _xp(linear)
-  s = sig17_scale(exposures)
-  s = s.reshape(s.shape + (1, 1, 1)) if s.ndim else s
-  x = xp.maximum(xp.asarray(linear, xp.float32), 0) * s
+  x = xp.maximum(xp.asarray(linear, xp.float32), 0) * _image_scale(exposures)
   return xp.power(x, xp.float32(1.0 / GAMMA)).astype(xp.float32)
 
 
@@ -389,9 +395,8 @@ def internal_to_sig17(hdr, exposures):
   """An internal gamma-domain prediction (medium-relative) -> SIG17 linear HDR relative to the shortest
   exposure: ``hdr ** GAMMA / sig17_scale`` (the inverse of :func:`sig17_to_internal`)."""
   xp = _xp(hdr)
-  s = sig17_scale(exposures)
-  s = s.reshape(s.shape + (1, 1, 1)) if s.ndim else s
-  return (xp.power(xp.maximum(xp.asarray(hdr, xp.float32), 0), xp.float32(GAMMA)) / s).astype(xp.float32)
+  return (xp.power(xp.maximum(xp.asarray(hdr, xp.float32), 0), xp.float32(GAMMA))
+          / _image_scale(exposures)).astype(xp.float32)
 
 
 def np_ssim_255(a, b, size: int = 11, sigma: float = 1.5) -> float:
@@ -404,9 +409,7 @@ def np_ssim_255(a, b, size: int = 11, sigma: float = 1.5) -> float:
 
   a = np.asarray(a, np.float64)
   b = np.asarray(b, np.float64)
-  x = np.arange(size, dtype=np.float64) - (size - 1) / 2
-  k = np.exp(-(x**2) / (2 * sigma**2))
-  k /= k.sum()
+  k = _gaussian_kernel(size, sigma, np.float64)
   r = size // 2
   if a.shape[0] <= 2 * r or a.shape[1] <= 2 * r:
     raise ValueError(f"image {a.shape[0]}x{a.shape[1]} is smaller than the {size}x{size} SSIM window")
