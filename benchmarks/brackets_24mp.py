@@ -61,6 +61,8 @@ def main() -> int:
   p.add_argument("--align", default="mtb")
   p.add_argument("--keep", default=None, help="folder to keep the bracket and the outputs in (default: a temporary one)")
   args = p.parse_args()
+  from hdr_jax import cli
+  cli.set_cpu_xla_flags()  # the entry points' CPU flags: same numbers as the CLI
   root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="hdr_jax_24mp_"))
   write_bracket(root / "bracket", args.height, args.width)
   cmd = [sys.executable, "-m", "hdr_jax.predict", f"--pretrained={args.pretrained}", f"--input={root / 'bracket'}",

@@ -329,6 +329,8 @@ def main(argv=None):
                  help="device peak for MFU (dtype-matched): TFLOP/s, or 'auto' to measure a matmul (8192^3; CPU 1024^3)")
   p.add_argument("--json", default=str(ROOT / "benchmarks" / "out" / "diffusion_sampling.json"))
   args = p.parse_args(argv)
+  from hdr_jax import cli
+  cli.set_cpu_xla_flags()  # the entry points' CPU flags: same numbers as the CLI
   sizes = [x.strip() for x in args.size.split(",") if x.strip()]
   for size in sizes:
     if size not in SIZES:

@@ -701,6 +701,8 @@ def parse_args(argv=None):
                  help="where full-frame inference runs (subprocess: its own memory high-water mark)")
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                  help="config override for every model, e.g. --set=model.polyphase=false")
+  p.add_argument("--xla_defaults", action="store_true",
+                 help="XLA's own CPU flags (default: the entry points' hdr_jax.cli.CPU_XLA_FLAGS)")
   p.add_argument("--torch", action="store_true", help="also the official PyTorch AHDRNet")
   p.add_argument("--torch_compile", action="store_true", help="also torch.compile (with --torch)")
   p.add_argument("--no_torch_cudnn_benchmark", dest="torch_cudnn_benchmark", action="store_false")
@@ -740,6 +742,9 @@ def main(argv=None) -> dict | None:
     for path in args.summary.split(","):
       print(format_report(json.loads(Path(path).read_text())))
     return None
+  if not args.xla_defaults:
+    from hdr_jax import cli
+    cli.set_cpu_xla_flags()  # what train/predict run with; the JSON's env records it
   if args._worker == "infer":
     sys.exit(_worker_main(args))
   signal.signal(signal.SIGTERM, _on_sigterm)

@@ -174,6 +174,8 @@ def main(argv=None):
   p.add_argument("--out", default=None, help="trace folder (default benchmarks/out/profile/<target>_<dtype>)")
   p.add_argument("--analyze", default=None, help="summarise an existing trace folder instead (--steps: its steps)")
   args = p.parse_args(argv)
+  from hdr_jax import cli
+  cli.set_cpu_xla_flags()  # the entry points' CPU flags: same numbers as the CLI
 
   if args.analyze:
     summary = summarize(args.analyze, args.steps, args.top)

@@ -511,6 +511,8 @@ def parse_args(argv):
 def main(argv=None) -> int:
   args = parse_args(argv)
   args.out.mkdir(parents=True, exist_ok=True)
+  from hdr_jax import cli
+  cli.set_cpu_xla_flags()  # the entry points' CPU flags: the same numbers as the train CLI
   import jax
   from absl import logging
 

@@ -75,6 +75,8 @@ def main(argv=None):
   p.add_argument("--set", action="append", default=[], help="extra config override KEY=VALUE (training)")
   p.add_argument("--json", default=str(ROOT / "benchmarks" / "out" / "sampler_quality.json"))
   args = p.parse_args(argv)
+  from hdr_jax import cli
+  cli.set_cpu_xla_flags()  # the entry points' CPU flags: same numbers as the CLI
   samplers = [parse_sampler(s) for s in args.samplers.split(",") if s]
   seeds = [int(s) for s in args.seeds.split(",") if s]
 

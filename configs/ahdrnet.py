@@ -35,7 +35,7 @@ def get_config(arg: str = ""):
   if arg == "cpu":
     c.model.update(channels=32, growth=16, n_dense=4, n_blocks=3, output_head="merge", exposure_reference="short")
     c.optimizer.update(learning_rate=1e-3, schedule="cosine", warmup_steps=100, grad_clip=1.0)
-    c.num_train_steps = 2500
+    c.num_train_steps = 4000
     c.batch_size = 8
     c.data.patch_size = 64
     c.log_every = 100

@@ -1,5 +1,6 @@
 """Shared pytest fixtures: small synthetic NTIRE data written with the project's own writers."""
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -7,7 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hdr_jax import io
+from hdr_jax import cli, io
+
+# The entry points' CPU XLA flags (YNN fusions off), set before JAX starts its backend: in-process tests
+# and the entry points they start compute with the same flags as a user's `python -m hdr_jax.train`.
+cli.set_cpu_xla_flags()
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The six real HDR photographs lie beside the repository (never inside it): ../shared/data/hdr.
@@ -22,7 +27,8 @@ def cli_env(**extra) -> dict:
   """The environment of an entry point that a test starts: CPU only, the repository importable, the
   shared compilation cache; ``extra`` adds or overrides variables."""
   return {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT), "JAX_PLATFORMS": "cpu",
-          "JAX_COMPILATION_CACHE_DIR": str(XLA_CACHE_DIR), **extra}
+          "JAX_COMPILATION_CACHE_DIR": str(XLA_CACHE_DIR), "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+          **extra}
 
 
 def pytest_unconfigure(config):

@@ -231,3 +231,16 @@ def test_compilation_cache_that_cannot_be_created_is_a_clear_error(tmp_path):
   assert proc.returncode == 1
   assert "config.compilation_cache=" in proc.stderr and "cannot create the directory" in proc.stderr
   assert "Traceback" not in proc.stderr and not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_cpu_xla_flags_are_added_once_and_never_override_the_users():
+  from hdr_jax import cli
+
+  env = {}
+  flags = cli.set_cpu_xla_flags(env)
+  assert flags == " ".join(cli.CPU_XLA_FLAGS) == env["XLA_FLAGS"]
+  assert cli.set_cpu_xla_flags(env) == flags  # idempotent
+  user = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=dot --xla_dump_to=/tmp/x"}
+  assert cli.set_cpu_xla_flags(user) == "--xla_cpu_experimental_ynn_fusion_type=dot --xla_dump_to=/tmp/x"
+  other = {"XLA_FLAGS": "--xla_dump_to=/tmp/x"}
+  assert cli.set_cpu_xla_flags(other) == "--xla_dump_to=/tmp/x " + " ".join(cli.CPU_XLA_FLAGS)
