@@ -22,7 +22,6 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging as absl_logging
-from etils import epath
 from flax import nnx
 
 from hdr_jax import io as hio
@@ -84,6 +83,11 @@ def _quiet_closed_loop_callbacks() -> None:
   sys.unraisablehook = hook
 
 
+def _plain(tree):
+  """Nested mappings (Orbax's metadata tree, pure state dicts) as nested plain dicts."""
+  return {k: _plain(v) for k, v in tree.items()} if hasattr(tree, "items") else tree
+
+
 def _key_name(path) -> str:
   return ".".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
 
@@ -124,6 +128,11 @@ def _not_a_read_only_notice(record) -> bool:
   return not record.getMessage().startswith(_READ_ONLY_WARNINGS)
 
 
+def _not_an_unreadable_item_notice(record) -> bool:
+  """absl log filter: drops Orbax's warning that an item's metadata could not be read."""
+  return "was found in the checkpoint, but could not be restored" not in record.getMessage()
+
+
 class Checkpoints:
   """Save/restore ``(state, meta, data iterator)`` per step."""
 
@@ -144,7 +153,13 @@ class Checkpoints:
         enable_async_checkpointing=False)
     if read_only and not self.directory.is_dir():
       raise hio.DataError(self.directory, "no checkpoints folder: nothing has been saved in this workdir")
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
+    import grain
+
+    # Every item's handler is named, so the manager can also answer metadata questions (``stored_tree``)
+    # without this module knowing Orbax's on-disk layout.
+    handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler(),
+                "data": grain.checkpoint.CheckpointHandler()}
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
   def all_steps(self) -> list[int]:
     return list(self.manager.all_steps())
@@ -161,11 +176,36 @@ class Checkpoints:
     return best
 
   def metrics(self, step: int) -> dict | None:
-    path = self.directory / str(step) / "meta" / "metadata"
+    """The validation metrics stored with ``step`` (None when it has none or cannot be read)."""
     try:
-      return json.loads(path.read_text()).get("metrics")
-    except (OSError, json.JSONDecodeError):
+      meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    except Exception:  # noqa: BLE001 - a damaged step has no metrics to offer; restore() reports the damage
       return None
+    return meta.get("metrics") if isinstance(meta, dict) else None
+
+  def stored_tree(self, step: int) -> dict:
+    """The stored state's structure, ``{key: {...: ArrayMetadata}}`` as nested dicts (shapes and dtypes
+    from the checkpoint's metadata; no array is read). ``DamagedCheckpoint`` if it cannot be read."""
+    path = self.directory / str(step)
+    logger = absl_logging.get_absl_logger()
+    logger.addFilter(_not_an_unreadable_item_notice)  # the None below says it, as one DamagedCheckpoint
+    try:
+      stored = self.manager.item_metadata(step)["state"]
+    except Exception as e:  # an unreadable _METADATA or zarr header
+      raise DamagedCheckpoint(path, f"checkpoint is damaged or incomplete ({short_error(e, path)})") from None
+    finally:
+      logger.removeFilter(_not_an_unreadable_item_notice)
+    if stored is None:  # Orbax found the item but not its metadata file
+      raise DamagedCheckpoint(path, "checkpoint is damaged or incomplete (the state's metadata, state/_METADATA, "
+                                    "is missing or unreadable)")
+    return _plain(stored.tree)
+
+  def read_state(self, step: int, sharding=None) -> dict:
+    """The whole stored state of ``step`` as nested dicts of arrays, structured by its own metadata
+    (for reading part of another run's checkpoint, e.g. a pretrained feature extractor)."""
+    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding),
+                            self.stored_tree(step), is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
+    return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
 
   def save(self, step: int, state: nnx.State, *, meta: dict, data_iter=None, metrics: dict | None = None) -> None:
     """Saves ``state`` (an ``nnx.State``), ``meta`` (JSON) and the grain iterator position."""
@@ -189,10 +229,7 @@ class Checkpoints:
     path = self.directory / str(step)
     _quiet_closed_loop_callbacks()
     pure = state.to_pure_dict()
-    try:
-      stored = ocp.StandardCheckpointHandler().metadata(epath.Path(path / "state"))
-    except Exception as e:  # a missing or unreadable _METADATA or zarr header
-      raise DamagedCheckpoint(path, f"checkpoint is damaged or incomplete ({short_error(e, path)})") from None
+    stored = self.stored_tree(step)
     diffs = _differences(stored, pure)
     if diffs:
       raise CheckpointMismatch(

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 from flax.nnx import traversals
 
@@ -67,11 +66,11 @@ class PretrainedCheckpoint:
     ckpts = checkpoint.Checkpoints(self.workdir, read_only=True)
     try:
       self.step = ckpts.latest_step()
+      if self.step is None:
+        raise hio.DataError(ckpts.directory, "no checkpoint found in this workdir")
+      self.tree = ckpts.stored_tree(self.step)
     finally:
       ckpts.close()
-    if self.step is None:
-      raise hio.DataError(ckpts.directory, "no checkpoint found in this workdir")
-    self.tree = _plain(ocp.StandardCheckpointHandler().metadata(ckpts.directory / str(self.step) / "state").tree)
     fe = _subtree(self.tree, SOURCE)
     if fe is None:
       raise hio.DataError(self.workdir, f"its checkpoint (task {self.config.get('task', '?')!r}, model "
@@ -80,14 +79,12 @@ class PretrainedCheckpoint:
 
   def read(self, sharding=None) -> dict:
     """``{path: array}`` of ``model.fe`` (the whole checkpointed state is restored, then cut)."""
-    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding), self.tree,
-                            is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
     ckpts = checkpoint.Checkpoints(self.workdir, read_only=True)
     try:
-      restored = ckpts.manager.restore(self.step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+      state = ckpts.read_state(self.step, sharding)
     finally:
       ckpts.close()
-    return _flat(_subtree(restored["state"], SOURCE))
+    return _flat(_subtree(state, SOURCE))
 
 
 def load_feature_extractor(engine, state: nnx.State, workdir, paths=(SOURCE,)) -> nnx.State:
