@@ -28,8 +28,10 @@ available), Adam + mu-law L1, same batch and frame, in two variants: ``eager`` a
 it (NCHW, Adam's default implementation) and ``tuned`` (channels_last model and inputs, fused Adam);
 float32 with PyTorch's defaults (TF32 allowed in convolutions: ``cudnn.allow_tf32``) and bfloat16
 ``torch.autocast``; ``cudnn.benchmark`` on unless ``--no_torch_cudnn_benchmark`` (XLA autotunes its
-convolutions too). ``--torch_compile`` adds ``torch.compile`` of the tuned model (skipped with the error
-recorded when it fails). JAX rows of ``ahdrnet`` show the speed ratio JAX/PyTorch = PyTorch time / JAX
+convolutions too). ``--torch_compile`` adds ``torch.compile`` of the tuned model (shapes specialised, so
+the frame compiles its own static kernels after the train step's; skipped with the error recorded when it
+fails). Full-frame inference runs each variant's model (channels_last, compiled) under
+``torch.inference_mode`` and, for bfloat16 rows, the same autocast. JAX rows of ``ahdrnet`` show the speed ratio JAX/PyTorch = PyTorch time / JAX
 time (> 1: JAX faster) against each variant and against the fastest one of the run (``best``, the
 strongest peer).
 
@@ -280,7 +282,7 @@ def _torch_reference():
 
 TORCH_VARIANTS = {"eager": "the official code's way: NCHW, Adam's default implementation",
                   "tuned": "channels_last model and inputs, fused Adam (foreach where fused is refused)",
-                  "compile": "tuned + torch.compile (default mode)"}
+                  "compile": "tuned + torch.compile (default mode, shapes specialised)"}
 
 
 def torch_bench(dtype: str, args, variant: str) -> dict:
@@ -288,7 +290,7 @@ def torch_bench(dtype: str, args, variant: str) -> dict:
   import torch
 
   ref = _torch_reference()
-  device = "cuda" if torch.cuda.is_available() else "cpu"
+  device = common.torch_device()
   cuda = device == "cuda"
   torch.backends.cudnn.benchmark = args.torch_cudnn_benchmark
   torch.manual_seed(0)
@@ -307,11 +309,10 @@ def torch_bench(dtype: str, args, variant: str) -> dict:
       adam_impl = "foreach"
   else:
     opt = torch.optim.Adam(model.parameters(), **adam)
-  net = torch.compile(model) if variant == "compile" else model
+  net = common.torch_compile(model, variant)
 
   def sync(_=None):
-    if cuda:
-      torch.cuda.synchronize()
+    common.torch_sync(device)
 
   def autocast():
     if dtype == "bfloat16":
@@ -343,9 +344,7 @@ def torch_bench(dtype: str, args, variant: str) -> dict:
     return loss
 
   out = {"device": device, "variant": variant, "memory_format": "channels_last" if tuned else "contiguous",
-         "adam": adam_impl, "threads": torch.get_num_threads(), "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
-         "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
-         "matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+         "adam": adam_impl, **common.torch_settings(),
          "params": sum(p.numel() for n, p in model.named_parameters() if not n.startswith(("attConv1", "attConv3")))}
   train, infer = {}, {}
   out["train"], out["infer"] = train, infer
@@ -523,21 +522,13 @@ def add_derived(rows, peaks: dict) -> None:
   for r in rows:
     if r["framework"] != "jax" or r.get("model_name") != "ahdrnet":
       continue
-    r["vs_torch"] = {}
-    for t in rows:
-      if t["framework"] == "torch" and t["dtype"] == r["dtype"]:
-        ratio = {}
-        for phase, ms_key in (("train", "ms_per_step"), ("infer", "ms")):
-          a, b = (r.get(phase) or {}).get(ms_key), (t.get(phase) or {}).get(ms_key)
-          if a and b:
-            ratio[phase] = b / a
-        r["vs_torch"][t["variant"]] = ratio
-    best = {}  # against the fastest PyTorch variant of each phase: the strongest peer
-    for ratio in r["vs_torch"].values():
-      for phase, v in ratio.items():
-        best[phase] = min(best.get(phase, v), v)
-    if len(r["vs_torch"]) > 1 and best:
-      r["vs_torch"]["best"] = best
+    peers = [t for t in rows if t["framework"] == "torch" and t["dtype"] == r["dtype"]]
+    r["vs_torch"] = {t["variant"]: {} for t in peers}
+    for phase, ms_key in (("train", "ms_per_step"), ("infer", "ms")):
+      times = {t["variant"]: (t.get(phase) or {}).get(ms_key) for t in peers}
+      # per variant, and "best": against the fastest PyTorch variant of the phase, the strongest peer
+      for variant, ratio in common.speed_ratios((r.get(phase) or {}).get(ms_key), times).items():
+        r["vs_torch"].setdefault(variant, {})[phase] = ratio
 
 
 # --------------------------------------------------------------------------------------------------

@@ -186,3 +186,47 @@ def test_pipeline_sources_go_on_without_the_prepared_format(tmp_path, monkeypatc
   assert [r["source"] for r in report["results"]] == ["png", "tiles"]
   assert all(r["crops_per_s"] > 0 for r in report["results"])
   assert json.loads((tmp_path / "p.json").read_text())["prepared"]["tiles"]["bytes"] > 0
+
+
+def test_diffusion_sampling_reports_the_pytorch_variants_and_the_best(tmp_path, capsys):
+  """The sampler benchmark's PyTorch peer at toy size on the CPU: the eager and tuned variants run in
+  the same process as the JAX rows, each reported with the compiled loop's speed-up against it, and a
+  ``best`` row/ratio against the faster one (torch.compile is left out: it compiles for a minute here)."""
+  pytest.importorskip("torch")
+  import diffusion_sampling as ds
+
+  assert common.speed_ratios(2.0, {"eager": 8.0, "tuned": 4.0, "compile": None}) == {
+      "eager": 4.0, "tuned": 2.0, "best": 2.0}
+  assert common.speed_ratios(2.0, {"eager": 8.0}) == {"eager": 4.0}  # one peer: no "best"
+  assert ds.torch_variant_list("auto", cuda=False) == ["eager", "tuned", "compile"]
+  assert ds.torch_variant_list("auto", cuda=True, max_autotune=True) == [
+      "eager", "tuned", "compile", "reduce-overhead", "max-autotune"]
+  with pytest.raises(ValueError, match="--torch_variants"):
+    ds.torch_variant_list("eager,fast", cuda=False)
+
+  tiny = ["--size=small", "--height=16", "--width=16", "--batch=1", "--steps=4", "--ddim_steps=0",
+          "--python_steps=0", "--torch_steps=2", "--repeats=1", "--model_set=ch=8", "--model_set=groups=4",
+          "--model_set=ch_mult=(1, 2)", "--model_set=attn_levels=(1,)"]
+  out = ds.main([*tiny, "--torch_variants=eager,tuned", f"--json={tmp_path / 'ds.json'}"])
+  result = out["sizes"]["small"]
+  variants = result["torch"]["variants"]
+  assert list(variants) == ["eager", "tuned"] and all(v["finite"] for v in variants.values())
+  assert variants["eager"]["memory_format"] == "contiguous" and variants["tuned"]["memory_format"] == "channels_last"
+  assert variants["tuned"]["grad_mode"] == "inference_mode" and result["torch"]["params"] < 100_000
+  assert [(r["framework"], r["variant"]) for r in result["rows"]] == [
+      ("jax", "compiled"), ("torch", "eager"), ("torch", "tuned"), ("torch", "best")]
+  rows = {r["variant"]: r for r in result["rows"]}
+  assert rows["best"]["s_per_step"] == min(v["s_per_step"] for v in variants.values())
+  loop = result["jax"]["compiled_s_per_step"]
+  assert result["vs_torch"]["best"] == pytest.approx(rows["best"]["s_per_step"] / loop)
+  assert set(result["vs_torch"]) == {"eager", "tuned", "best"}
+  assert json.loads((tmp_path / "ds.json").read_text())["sizes"]["small"]["vs_torch"] == result["vs_torch"]
+  text = capsys.readouterr().out
+  assert "PyTorch best (= " in text and "over PyTorch best" in text
+
+  # a variant due after the deadline is recorded as skipped, not run
+  import argparse
+
+  args = argparse.Namespace(**{**out["args"], "size": "small"})
+  skipped = ds.bench_torch(args, ["eager"], over_deadline=lambda: True)
+  assert skipped["variants"] == {"eager": {"skipped": "--deadline_s reached"}}
