@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import sys
 import time
@@ -313,7 +314,7 @@ def bench_torch(args, variants, over_deadline=lambda: False, on_variant=None) ->
   c = {k: torch.tensor(np.asarray(getattr(sched, k)), device=dev, dtype=torch.float32) for k in
        ("alphas_cumprod", "posterior_mean_coef1", "posterior_mean_coef2", "posterior_log_variance")}
   n = min(args.torch_steps, args.steps)
-  ts = torch.arange(args.steps - 1, args.steps - 1 - n, -1, device=dev)  # the first n steps of the sampler
+  ts = torch.arange(args.steps - 1, args.steps - 1 - n, -1, device=dev)[:, None]  # the sampler's first n steps
   out = {"params": int(sum(p.numel() for p in base.parameters())), "device": dev, "steps_timed": n,
          "autocast": "bfloat16" if args.dtype == "bfloat16" else None, "variants": {}}
   for variant in variants:
@@ -325,7 +326,8 @@ def bench_torch(args, variants, over_deadline=lambda: False, on_variant=None) ->
       except Exception as e:  # noqa: BLE001 - record, go on with the next variant
         out["variants"][variant] = {"error": f"{type(e).__name__}: {e}"[:2000]}
     res = out["variants"][variant]
-    state = (f"{1e3 * res['s_per_step']:.3f} ms/step (first run {res['first_call_s']:.1f} s)" if "s_per_step" in res
+    breaks = f", {res['graph_breaks']} graph breaks" if res.get("graph_breaks") is not None else ""
+    state = (f"{1e3 * res['s_per_step']:.3f} ms/step (first run {res['first_call_s']:.1f} s{breaks})" if "s_per_step" in res
              else ("SKIPPED " + res["skipped"]) if "skipped" in res else "FAILED " + res["error"].splitlines()[0])
     print(f"torch/{variant} ({dev}): {state}", flush=True)
     if on_variant:
@@ -346,7 +348,9 @@ def _torch_variant(args, variant: str, base, c: dict, ts) -> dict:
   b, h, w = args.batch, args.height, args.width
 
   def step(y, t, z):
-    """One ancestral step at the 0-d timestep tensor ``t`` (no data-dependent branch: one graph for all t)."""
+    """One ancestral step at the timestep tensor ``t`` of shape (1,): coefficients gathered on the device
+    and no data-dependent branch, so torch.compile captures one graph for every step (indexing with a
+    0-d tensor would read it on the host and break the graph)."""
     eps = net(y, t.expand(b)).float()
     abar = c["alphas_cumprod"][t]
     x0 = ((y - (1 - abar).sqrt() * eps) / abar.sqrt()).clamp(-1, 1)
@@ -374,7 +378,9 @@ def _torch_variant(args, variant: str, base, c: dict, ts) -> dict:
     return y
 
   sync = lambda _: common.torch_sync(dev)
+  breaks = _graph_breaks()
   y, first_s = common.timed(run, sync)
+  breaks = None if breaks is None else _graph_breaks() - breaks
   t = common.time_repeats(run, repeats=args.repeats, warmup=1, sync=sync)
   y = run()
   finite = bool(torch.isfinite(y).all())
@@ -382,7 +388,16 @@ def _torch_variant(args, variant: str, base, c: dict, ts) -> dict:
   return {"s_per_step": t["median_s"] / n, "first_call_s": first_s, "compile_s": max(0.0, first_s - t["median_s"]),
           "timing": t, "finite": finite, "memory_format": "channels_last" if tuned else "contiguous",
           "grad_mode": "inference_mode" if tuned else "no_grad", "compile_mode": common.TORCH_COMPILE_MODES.get(variant),
-          "cuda_graphs": graphs, **common.torch_settings()}
+          "cuda_graphs": graphs, "graph_breaks": breaks if step_fn is not step else None, **common.torch_settings()}
+
+
+def _graph_breaks() -> int | None:
+  """torch.compile's graph breaks so far in this process (0 after a variant: the step is one graph)."""
+  try:
+    from torch._dynamo.utils import counters
+  except ImportError:
+    return None
+  return sum(counters["graph_break"].values())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -442,6 +457,7 @@ def main(argv=None):
   elif args.peak_tflops:
     peak = float(args.peak_tflops)
   out = {"args": vars(args), "date": common.utc_now(), "versions": common.versions(), "peak_tflops": peak,
+         "xla_flags": os.environ.get("XLA_FLAGS"),
          "torch_variants": {v: TORCH_VARIANTS[v] for v in variants}, "sizes": {}}
   for size in sizes:
     def save(result, size=size):  # after every measurement: a run cut short keeps what it measured
