@@ -286,7 +286,8 @@ TORCH_VARIANTS = {"eager": "the official code's way: NCHW, Adam's default implem
 
 
 def torch_bench(dtype: str, args, variant: str) -> dict:
-  """Train step and full-frame inference of the official AHDRNet, ``variant`` one of :data:`TORCH_VARIANTS`."""
+  """Train step and/or full-frame inference (``--phases``) of the official AHDRNet, ``variant`` one of
+  :data:`TORCH_VARIANTS`."""
   import torch
 
   ref = _torch_reference()
@@ -348,46 +349,49 @@ def torch_bench(dtype: str, args, variant: str) -> dict:
          "params": sum(p.numel() for n, p in model.named_parameters() if not n.startswith(("attConv1", "attConv3")))}
   train, infer = {}, {}
   out["train"], out["infer"] = train, infer
-  if cuda:
-    torch.cuda.reset_peak_memory_stats()
-  loss, first_s = common.timed(train_step, sync)
-  t = common.time_repeats(train_step, repeats=args.repeats, warmup=args.warmup, iters=args.iters, sync=sync)
-  loss = float(train_step().detach())
-  train.update(ms_per_step=1e3 * t["median_s"], steps_per_s=1 / t["median_s"], crops_per_s=args.batch / t["median_s"],
-               min_ms=1e3 * t["min_s"], max_ms=1e3 * t["max_s"], first_call_s=first_s,
-               compile_s=max(0.0, first_s - t["median_s"]), timing=t, loss=loss, finite=math.isfinite(loss),
-               peak_bytes=torch.cuda.max_memory_allocated() if cuda else None)
-  if variant == "eager":
-    from torch.utils.flop_counter import FlopCounterMode
+  phases = args.phases.split(",")  # --phases: the train step, then the frame
+  if "train" in phases:
+    if cuda:
+      torch.cuda.reset_peak_memory_stats()
+    loss, first_s = common.timed(train_step, sync)
+    t = common.time_repeats(train_step, repeats=args.repeats, warmup=args.warmup, iters=args.iters, sync=sync)
+    loss = float(train_step().detach())
+    train.update(ms_per_step=1e3 * t["median_s"], steps_per_s=1 / t["median_s"], crops_per_s=args.batch / t["median_s"],
+                 min_ms=1e3 * t["min_s"], max_ms=1e3 * t["max_s"], first_call_s=first_s,
+                 compile_s=max(0.0, first_s - t["median_s"]), timing=t, loss=loss, finite=math.isfinite(loss),
+                 peak_bytes=torch.cuda.max_memory_allocated() if cuda else None)
+    if variant == "eager":
+      from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
-      train_step()
-    sync()
-    train["flops_counter"] = float(counter.get_total_flops())
-
-  frame = {k: torch.from_numpy(v).to(device) for k, v in synthetic_batch(1, (args.height, args.width), seed=1).items()}
-
-  @torch.inference_mode()
-  def predict():
-    return forward(frame["frames"], frame["exposures"]).clamp_min(0).pow(1 / GAMMA)
+      with FlopCounterMode(display=False) as counter:
+        train_step()
+      sync()
+      train["flops_counter"] = float(counter.get_total_flops())
 
   batch = target = None  # free the train inputs before inference (train_step's closure holds them)
   opt.zero_grad(set_to_none=True)
-  if cuda:
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-  pred, first_s = common.timed(predict, sync)
-  t = common.time_repeats(predict, repeats=args.repeats, warmup=args.warmup, sync=sync)
-  infer.update(ms=1e3 * t["median_s"], min_ms=1e3 * t["min_s"], max_ms=1e3 * t["max_s"], first_call_s=first_s,
-               compile_s=max(0.0, first_s - t["median_s"]), timing=t, finite=bool(torch.isfinite(pred).all()),
-               peak_bytes=torch.cuda.max_memory_allocated() if cuda else None, height=args.height, width=args.width)
-  if variant == "eager":
-    from torch.utils.flop_counter import FlopCounterMode
+  if "infer" in phases:
+    frame = {k: torch.from_numpy(v).to(device) for k, v in synthetic_batch(1, (args.height, args.width), seed=1).items()}
 
-    with FlopCounterMode(display=False) as counter:
-      predict()
-    sync()
-    infer["flops_counter"] = float(counter.get_total_flops())
+    @torch.inference_mode()
+    def predict():
+      return forward(frame["frames"], frame["exposures"]).clamp_min(0).pow(1 / GAMMA)
+
+    if cuda:
+      torch.cuda.empty_cache()
+      torch.cuda.reset_peak_memory_stats()
+    pred, first_s = common.timed(predict, sync)
+    t = common.time_repeats(predict, repeats=args.repeats, warmup=args.warmup, sync=sync)
+    infer.update(ms=1e3 * t["median_s"], min_ms=1e3 * t["min_s"], max_ms=1e3 * t["max_s"], first_call_s=first_s,
+                 compile_s=max(0.0, first_s - t["median_s"]), timing=t, finite=bool(torch.isfinite(pred).all()),
+                 peak_bytes=torch.cuda.max_memory_allocated() if cuda else None, height=args.height, width=args.width)
+    if variant == "eager":
+      from torch.utils.flop_counter import FlopCounterMode
+
+      with FlopCounterMode(display=False) as counter:
+        predict()
+      sync()
+      infer["flops_counter"] = float(counter.get_total_flops())
   model = net = opt = frame = pred = None
   gc.collect()
   if cuda:
@@ -854,7 +858,7 @@ def main(argv=None) -> dict | None:
 
 
 def run_torch(args, dtypes, report: dict, save, over_deadline) -> None:
-  """PyTorch rows for each dtype (eager, and torch.compile with ``--torch_compile``)."""
+  """PyTorch rows for each dtype (eager, tuned, and torch.compile with ``--torch_compile``)."""
   if importlib.util.find_spec("torch") is None:
     report["failures"].append("torch: skipped: torch is not importable")
     return
@@ -880,8 +884,8 @@ def run_torch(args, dtypes, report: dict, save, over_deadline) -> None:
         for phase in ("train", "infer"):
           counted = counts.setdefault((dtype, phase), row[phase].get("flops_counter"))
           row[phase].setdefault("flops_counter", counted)
-        print(f"torch/{variant} ahdrnet {dtype}: train {row['train']['ms_per_step']:.2f} ms/step, "
-              f"frame {row['infer']['ms']:.2f} ms ({out['device']})", flush=True)
+        print(f"torch/{variant} ahdrnet {dtype}: train {common.fmt(row['train'].get('ms_per_step'), '.2f')} ms/step, "
+              f"frame {common.fmt(row['infer'].get('ms'), '.2f')} ms ({out['device']})", flush=True)
       except Terminated:
         row["errors"]["torch"] = "terminated while running"
         raise
