@@ -230,3 +230,42 @@ def test_diffusion_sampling_reports_the_pytorch_variants_and_the_best(tmp_path, 
   args = argparse.Namespace(**{**out["args"], "size": "small"})
   skipped = ds.bench_torch(args, ["eager"], over_deadline=lambda: True)
   assert skipped["variants"] == {"eager": {"skipped": "--deadline_s reached"}}
+
+
+def test_gpu_targets_table_from_the_runs_json(tmp_path):
+  """``gpu_targets.py`` reads what ``gpu_issue20.sh`` wrote: JAX against the fastest PyTorch variant of
+  the same run for each target, the XLA options against the default run (per image for the sampler),
+  and "not measured" / "no peer measured" where a JSON or a peer is missing."""
+  import gpu_targets
+
+  def models_row(framework, variant, train=None, infer=None):
+    return {"model": "ahdrnet", "model_name": "ahdrnet", "dtype": "bfloat16", "framework": framework,
+            "variant": variant, "train": {"ms_per_step": train} if train else {}, "infer": {"ms": infer} if infer else {}}
+
+  (tmp_path / "ahdr_bf16.json").write_text(json.dumps({
+      "device": {"device_kind": "NVIDIA H100"}, "settings": {"batch": 8, "patch": 256, "height": 1060, "width": 1900},
+      "rows": [models_row("jax", "jit", 10.0, 18.0), models_row("torch", "eager", 40.0, 60.0),
+               models_row("torch", "tuned", 30.0, 50.0), models_row("torch", "compile", 25.0, 40.0)]}))
+  (tmp_path / "ddpm.json").write_text(json.dumps({
+      "args": {"steps": 1000, "batch": 8, "height": 128, "width": 128, "dtype": "bfloat16"},
+      "sizes": {"full": {"jax": {"params": 34_340_000, "compiled_total_s": 3.0},
+                         "torch": {"variants": {"eager": {"s_per_step": 0.016}, "reduce-overhead": {"s_per_step": 0.006},
+                                                "compile": {"error": "no compiler"}}}}}}))
+  (tmp_path / "opt_ddpm_batch16.json").write_text(json.dumps({
+      "args": {"steps": 1000, "batch": 16}, "xla_flags": "", "sizes": {"full": {"jax": {"compiled_total_s": 4.0}}}}))
+  (tmp_path / "opt_frame_convfusion.json").write_text(json.dumps({
+      "env": {"XLA_FLAGS": "--xla_gpu_experimental_enable_conv_fusion=true"}, "rows": [models_row("jax", "jit", None, 15.0)]}))
+  (tmp_path / "status.jsonl").write_text('{"step": "ahdr_f32", "status": "SKIPPED"}\n')
+  summary = gpu_targets.main([f"--out={tmp_path}"])
+  train_bf16, train_f32, frame, ddpm = summary["targets"]
+  assert (train_bf16["best_peer"], train_bf16["jax_vs_best"], train_bf16["verdict"]) == ("compile", 2.5, "met")
+  assert train_f32["verdict"] == "not measured"
+  assert (frame["jax"], frame["best_peer"], frame["verdict"]) == (18.0, "compile", "met")
+  assert ddpm["peers"] == {"eager": 16.0, "reduce-overhead": 6.0} and ddpm["best_peer"] == "reduce-overhead"
+  assert ddpm["verdict"] == "NOT met" and ddpm["jax_vs_best"] == 2.0
+  options = {o["option"]: o for o in summary["options"]}
+  assert options["batch16"]["speedup"] == pytest.approx((3.0 / 8) / (4.0 / 16))  # per image
+  assert options["convfusion"]["speedup"] == pytest.approx(18.0 / 15.0)
+  assert json.loads((tmp_path / "targets.json").read_text())["targets"][0]["verdict"] == "met"
+  table = gpu_targets.format_summary(summary)
+  assert "steps not ok: ahdr_f32 SKIPPED" in table and "NVIDIA H100" in table
