@@ -372,9 +372,11 @@ def _torch_variant(args, variant: str, base, c: dict, ts) -> dict:
         torch.autocast(dev, torch.bfloat16, enabled=args.dtype == "bfloat16"):
       y = noise()
       for t in ts:
-        if graphs:
-          torch.compiler.cudagraph_mark_step_begin()  # the last output is only read by the next step
-        y = step_fn(y, t, noise())
+        if graphs:  # a CUDA graph's output lives in its pool until the next replay: keep a copy
+          torch.compiler.cudagraph_mark_step_begin()
+          y = step_fn(y, t, noise()).clone()
+        else:
+          y = step_fn(y, t, noise())
     return y
 
   sync = lambda _: common.torch_sync(dev)
