@@ -372,3 +372,56 @@ def delivered_rate(source, *, patch: int, batch: int, workers: int, crops: int =
       close()
   return {"workers": workers, "crops_per_scene": crops, "threads": threads, "batches": batches,
           "crops_per_s": batches * batch / elapsed, "ms_per_batch": 1e3 * elapsed / batches, "startup_s": startup}
+
+
+# The PyTorch peer in its variants (benchmarks/models.py and benchmarks/diffusion_sampling.py): the same
+# names, settings and "best" ratio in both, so every comparison is against the strongest configuration
+# of its run.
+
+TORCH_COMPILE_MODES = {"compile": "default", "reduce-overhead": "reduce-overhead", "max-autotune": "max-autotune"}
+
+
+def torch_device() -> str:
+  """``"cuda"`` when this torch build sees a GPU, else ``"cpu"``."""
+  import torch
+
+  return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def torch_sync(device: str) -> None:
+  """Waits for the device's queued work (a no-op on CPU, where torch runs synchronously)."""
+  if device == "cuda":
+    import torch
+
+    torch.cuda.synchronize()
+
+
+def torch_compile(fn, variant: str):
+  """``fn`` as ``variant`` runs it: ``torch.compile`` in the mode :data:`TORCH_COMPILE_MODES` names
+  (``reduce-overhead``: CUDA graphs on a GPU), shapes specialised (``dynamic=False``: a second input
+  shape compiles a kernel of its own instead of a slower dynamic-shape one); other variants unchanged."""
+  if variant not in TORCH_COMPILE_MODES:
+    return fn
+  import torch
+
+  return torch.compile(fn, mode=TORCH_COMPILE_MODES[variant], dynamic=False)
+
+
+def torch_settings() -> dict:
+  """What decides torch's speed besides the variant: threads and the cuDNN/TF32 switches."""
+  import torch
+
+  return {"version": torch.__version__, "threads": torch.get_num_threads(),
+          "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+          "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
+          "matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32)}
+
+
+def speed_ratios(ours_s: float, peers_s: dict) -> dict:
+  """Speed of ours against each peer, ``peer time / our time`` (> 1: ours faster), keyed by the peer's
+  variant, plus ``best``: against the fastest peer (the strongest one) where more than one was measured.
+  Peers without a time (failed, skipped) are left out."""
+  ratios = {k: s / ours_s for k, s in peers_s.items() if s and ours_s}
+  if len(ratios) > 1:
+    ratios["best"] = min(ratios.values())
+  return ratios

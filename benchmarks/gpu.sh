@@ -16,15 +16,13 @@
 #   5. the input pipeline's delivered crops/s (tiles, prepared ArrayRecord, PNG; 1 crop per scene) against
 #      the fastest train step of step 4;
 #   6. benchmarks/diffusion_sampling.py: DDPM sampling at 8 x 128^2, T=1000, bf16, the `full` U-Net
-#      (DIFFUSION_ARGS), compiled loop vs Python stepping vs eager PyTorch, DDIM-50, MFU against a
+#      (DIFFUSION_ARGS), compiled loop vs Python stepping vs PyTorch eager and tuned, DDIM-50, MFU against a
 #      measured peak;
 #   7. if time is left, the compiled sampling loop again with XLA's command buffers (CUDA graphs) for
 #      while loops and with GroupNorm statistics reduced per channel (model.gn_stats).
 # With the default BUDGET steps 4-7 are skipped (they were all measured on the H100 on 2026-11-26); set
-# SKIP=models_b,profile,quality to measure them. torch.compile has not been measured on a GPU yet
-# (issue 6 asks for it beside eager PyTorch): SKIP=models_b,profile,quality,pipeline,diffusion
-# MODELS_ARGS=--torch_compile MODELS_TIMEOUT=450 MODELS_DEADLINE=380 (on this CPU, compiling AHDRNet
-# with inductor took 51 s for the train step and 30 s for the frame at toy sizes).
+# SKIP=models_b,profile,quality to measure them. The three open speed targets against the tuned and
+# compiled PyTorch peers (torch.compile, CUDA graphs) and the XLA options are benchmarks/gpu_issue20.sh's.
 # Each step runs under `timeout` inside an overall budget; a failed or timed-out step is recorded and the
 # rest goes on. Everything lands in $OUT: models.json, models_b.json, pipeline.json,
 # diffusion_sampling.json, diffusion_gnstats.json, diffusion_cmdbuf.json, sampler_quality.json,
@@ -49,21 +47,10 @@
 #     --pipeline_width=192 --pipeline_scenes=4 --workers=0" DIFFUSION_ARGS="--size=small --height=32 --width=32 \
 #     --batch=2 --steps=5 --ddim_steps=2 --python_steps=3 --torch_steps=2 --repeats=1" SKIP=quality,profile \
 #     bash benchmarks/gpu.sh
-if [ -z "${HDR_BENCH_NO_INSTALL:-}" ]; then
-  if ! python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl; then
-    echo "gpu.sh: installing .whl/*.whl failed (carry .whl, made by ../shared/device/wheels.sh)"
-    exit 1
-  fi
-  export PYTHONPATH=/tmp/site:$PWD
-else
-  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-fi
-set -u
-export PYTHONUNBUFFERED=1
-
-PY=${PYTHON:-python3}
-OUT=${OUT:-$PWD/benchmarks/out/gpu}
 BUDGET=${BUDGET:-560}                  # seconds for the whole script; each step's timeout fits inside it
+GPU_DEFAULT_OUT=gpu
+# shellcheck source=benchmarks/gpu_common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_common.sh" || exit 1  # wheels, OUT, LOG, STATUS, log, step, deadline
 MODELS=${MODELS:-ahdrnet}
 DTYPES=${DTYPES:-bfloat16,float32}
 MODELS_B=${MODELS_B:-diffusion:full,ldae,gan}
@@ -87,51 +74,11 @@ CMDBUF_TIMEOUT=${CMDBUF_TIMEOUT:-45}
 GNSTATS_TIMEOUT=${GNSTATS_TIMEOUT:-45}
 MODELS_ARGS=${MODELS_ARGS:-}
 PIPELINE_ARGS=${PIPELINE_ARGS:---crops_per_scene=1}
-DIFFUSION_ARGS=${DIFFUSION_ARGS:---size=full --dtype=bfloat16 --repeats=2 --torch_steps=20}
+# PyTorch eager and tuned only here: benchmarks/gpu_issue20.sh measures the compiled variants
+DIFFUSION_ARGS=${DIFFUSION_ARGS:---size=full --dtype=bfloat16 --repeats=2 --torch_steps=20 --torch_variants=eager,tuned}
 CMDBUF_ARGS=${CMDBUF_ARGS:---size=full --dtype=bfloat16 --repeats=2}
 QUALITY_ARGS=${QUALITY_ARGS:---train_steps=3000 --val_scenes=8 --seeds=0 --samplers=ddpm,ddim:50:1 \
 --set=batch_size=32 --set=data.num_workers=4}
-SKIP=${SKIP:-}
-
-mkdir -p "$OUT"
-export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/hdr_jax_compile_cache}
-export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=${JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS:-1}
-LOG=$OUT/gpu.log
-STATUS=$OUT/status.jsonl
-: > "$LOG"
-: > "$STATUS"
-SUMMARY=()
-FAILED=0
-
-log() { echo "$*" | tee -a "$LOG"; }
-
-# step NAME LIMIT_S CMD...: runs CMD under timeout (capped by what is left of BUDGET), logs, records.
-step() {
-  local name=$1 limit=$2
-  shift 2
-  if [[ ",$SKIP," == *",$name,"* ]]; then
-    log "=== $name: skipped (SKIP)"
-    return
-  fi
-  local left=$((BUDGET - SECONDS - 5))
-  if [ "$left" -lt "$limit" ]; then limit=$left; fi
-  local status rc took start=$SECONDS
-  if [ "$limit" -lt 20 ]; then
-    status=SKIPPED rc=-1
-    log "=== $name: skipped, ${left}s of the ${BUDGET}s budget left"
-  else
-    log "=== $name (timeout ${limit}s): $*"
-    timeout -k 15 "$limit" "$@" 2>&1 | tee -a "$LOG"
-    rc=${PIPESTATUS[0]}
-    if [ "$rc" -eq 0 ]; then status=ok; elif [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then status=TIMEOUT; else status=FAILED; fi
-  fi
-  took=$((SECONDS - start))
-  [ "$status" = ok ] || FAILED=$((FAILED + 1))
-  SUMMARY+=("$(printf '%-12s %-8s rc=%-4s %4ss' "$name" "$status" "$rc" "$took")")
-  printf '{"step": "%s", "status": "%s", "rc": %s, "seconds": %s, "limit_s": %s}\n' \
-    "$name" "$status" "$rc" "$took" "$limit" >> "$STATUS"
-}
-
 log "gpu.sh $(date -u +%FT%TZ) in $PWD, OUT=$OUT, budget ${BUDGET}s"
 if command -v nvidia-smi > /dev/null; then
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv 2>&1 | tee -a "$LOG"
@@ -147,13 +94,7 @@ else
   log "torch is not importable here: the PyTorch comparison is skipped"
 fi
 
-# models.py starts no new measurement after its deadline: keep ~70 s for the one in flight under the timeout
-deadline() {  # deadline TIMEOUT CAP
-  local d=$((BUDGET - SECONDS - 5 - 70))
-  [ "$d" -gt "$2" ] && d=$2
-  [ "$d" -gt $(($1 - 70)) ] && d=$(($1 - 70))
-  echo "$d"
-}
+# models.py starts no new measurement after its deadline (`deadline`: ~70 s kept for the one in flight)
 # shellcheck disable=SC2086
 step models_b "$MODELS_B_TIMEOUT" "$PY" benchmarks/models.py --models="$MODELS_B" --dtypes="$DTYPES_B" \
   --batch="$BATCH" --patch="$PATCH" --height="$HEIGHT" --width="$WIDTH" --repeats="$REPEATS" \

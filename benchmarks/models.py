@@ -28,8 +28,10 @@ available), Adam + mu-law L1, same batch and frame, in two variants: ``eager`` a
 it (NCHW, Adam's default implementation) and ``tuned`` (channels_last model and inputs, fused Adam);
 float32 with PyTorch's defaults (TF32 allowed in convolutions: ``cudnn.allow_tf32``) and bfloat16
 ``torch.autocast``; ``cudnn.benchmark`` on unless ``--no_torch_cudnn_benchmark`` (XLA autotunes its
-convolutions too). ``--torch_compile`` adds ``torch.compile`` of the tuned model (skipped with the error
-recorded when it fails). JAX rows of ``ahdrnet`` show the speed ratio JAX/PyTorch = PyTorch time / JAX
+convolutions too). ``--torch_compile`` adds ``torch.compile`` of the tuned model (shapes specialised, so
+the frame compiles its own static kernels after the train step's; skipped with the error recorded when it
+fails). Full-frame inference runs each variant's model (channels_last, compiled) under
+``torch.inference_mode`` and, for bfloat16 rows, the same autocast. JAX rows of ``ahdrnet`` show the speed ratio JAX/PyTorch = PyTorch time / JAX
 time (> 1: JAX faster) against each variant and against the fastest one of the run (``best``, the
 strongest peer).
 
@@ -280,15 +282,16 @@ def _torch_reference():
 
 TORCH_VARIANTS = {"eager": "the official code's way: NCHW, Adam's default implementation",
                   "tuned": "channels_last model and inputs, fused Adam (foreach where fused is refused)",
-                  "compile": "tuned + torch.compile (default mode)"}
+                  "compile": "tuned + torch.compile (default mode, shapes specialised)"}
 
 
 def torch_bench(dtype: str, args, variant: str) -> dict:
-  """Train step and full-frame inference of the official AHDRNet, ``variant`` one of :data:`TORCH_VARIANTS`."""
+  """Train step and/or full-frame inference (``--phases``) of the official AHDRNet, ``variant`` one of
+  :data:`TORCH_VARIANTS`."""
   import torch
 
   ref = _torch_reference()
-  device = "cuda" if torch.cuda.is_available() else "cpu"
+  device = common.torch_device()
   cuda = device == "cuda"
   torch.backends.cudnn.benchmark = args.torch_cudnn_benchmark
   torch.manual_seed(0)
@@ -307,11 +310,10 @@ def torch_bench(dtype: str, args, variant: str) -> dict:
       adam_impl = "foreach"
   else:
     opt = torch.optim.Adam(model.parameters(), **adam)
-  net = torch.compile(model) if variant == "compile" else model
+  net = common.torch_compile(model, variant)
 
   def sync(_=None):
-    if cuda:
-      torch.cuda.synchronize()
+    common.torch_sync(device)
 
   def autocast():
     if dtype == "bfloat16":
@@ -343,52 +345,53 @@ def torch_bench(dtype: str, args, variant: str) -> dict:
     return loss
 
   out = {"device": device, "variant": variant, "memory_format": "channels_last" if tuned else "contiguous",
-         "adam": adam_impl, "threads": torch.get_num_threads(), "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
-         "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
-         "matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+         "adam": adam_impl, **common.torch_settings(),
          "params": sum(p.numel() for n, p in model.named_parameters() if not n.startswith(("attConv1", "attConv3")))}
   train, infer = {}, {}
   out["train"], out["infer"] = train, infer
-  if cuda:
-    torch.cuda.reset_peak_memory_stats()
-  loss, first_s = common.timed(train_step, sync)
-  t = common.time_repeats(train_step, repeats=args.repeats, warmup=args.warmup, iters=args.iters, sync=sync)
-  loss = float(train_step().detach())
-  train.update(ms_per_step=1e3 * t["median_s"], steps_per_s=1 / t["median_s"], crops_per_s=args.batch / t["median_s"],
-               min_ms=1e3 * t["min_s"], max_ms=1e3 * t["max_s"], first_call_s=first_s,
-               compile_s=max(0.0, first_s - t["median_s"]), timing=t, loss=loss, finite=math.isfinite(loss),
-               peak_bytes=torch.cuda.max_memory_allocated() if cuda else None)
-  if variant == "eager":
-    from torch.utils.flop_counter import FlopCounterMode
+  phases = args.phases.split(",")  # --phases: the train step, then the frame
+  if "train" in phases:
+    if cuda:
+      torch.cuda.reset_peak_memory_stats()
+    loss, first_s = common.timed(train_step, sync)
+    t = common.time_repeats(train_step, repeats=args.repeats, warmup=args.warmup, iters=args.iters, sync=sync)
+    loss = float(train_step().detach())
+    train.update(ms_per_step=1e3 * t["median_s"], steps_per_s=1 / t["median_s"], crops_per_s=args.batch / t["median_s"],
+                 min_ms=1e3 * t["min_s"], max_ms=1e3 * t["max_s"], first_call_s=first_s,
+                 compile_s=max(0.0, first_s - t["median_s"]), timing=t, loss=loss, finite=math.isfinite(loss),
+                 peak_bytes=torch.cuda.max_memory_allocated() if cuda else None)
+    if variant == "eager":
+      from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
-      train_step()
-    sync()
-    train["flops_counter"] = float(counter.get_total_flops())
-
-  frame = {k: torch.from_numpy(v).to(device) for k, v in synthetic_batch(1, (args.height, args.width), seed=1).items()}
-
-  @torch.inference_mode()
-  def predict():
-    return forward(frame["frames"], frame["exposures"]).clamp_min(0).pow(1 / GAMMA)
+      with FlopCounterMode(display=False) as counter:
+        train_step()
+      sync()
+      train["flops_counter"] = float(counter.get_total_flops())
 
   batch = target = None  # free the train inputs before inference (train_step's closure holds them)
   opt.zero_grad(set_to_none=True)
-  if cuda:
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-  pred, first_s = common.timed(predict, sync)
-  t = common.time_repeats(predict, repeats=args.repeats, warmup=args.warmup, sync=sync)
-  infer.update(ms=1e3 * t["median_s"], min_ms=1e3 * t["min_s"], max_ms=1e3 * t["max_s"], first_call_s=first_s,
-               compile_s=max(0.0, first_s - t["median_s"]), timing=t, finite=bool(torch.isfinite(pred).all()),
-               peak_bytes=torch.cuda.max_memory_allocated() if cuda else None, height=args.height, width=args.width)
-  if variant == "eager":
-    from torch.utils.flop_counter import FlopCounterMode
+  if "infer" in phases:
+    frame = {k: torch.from_numpy(v).to(device) for k, v in synthetic_batch(1, (args.height, args.width), seed=1).items()}
 
-    with FlopCounterMode(display=False) as counter:
-      predict()
-    sync()
-    infer["flops_counter"] = float(counter.get_total_flops())
+    @torch.inference_mode()
+    def predict():
+      return forward(frame["frames"], frame["exposures"]).clamp_min(0).pow(1 / GAMMA)
+
+    if cuda:
+      torch.cuda.empty_cache()
+      torch.cuda.reset_peak_memory_stats()
+    pred, first_s = common.timed(predict, sync)
+    t = common.time_repeats(predict, repeats=args.repeats, warmup=args.warmup, sync=sync)
+    infer.update(ms=1e3 * t["median_s"], min_ms=1e3 * t["min_s"], max_ms=1e3 * t["max_s"], first_call_s=first_s,
+                 compile_s=max(0.0, first_s - t["median_s"]), timing=t, finite=bool(torch.isfinite(pred).all()),
+                 peak_bytes=torch.cuda.max_memory_allocated() if cuda else None, height=args.height, width=args.width)
+    if variant == "eager":
+      from torch.utils.flop_counter import FlopCounterMode
+
+      with FlopCounterMode(display=False) as counter:
+        predict()
+      sync()
+      infer["flops_counter"] = float(counter.get_total_flops())
   model = net = opt = frame = pred = None
   gc.collect()
   if cuda:
@@ -523,21 +526,13 @@ def add_derived(rows, peaks: dict) -> None:
   for r in rows:
     if r["framework"] != "jax" or r.get("model_name") != "ahdrnet":
       continue
-    r["vs_torch"] = {}
-    for t in rows:
-      if t["framework"] == "torch" and t["dtype"] == r["dtype"]:
-        ratio = {}
-        for phase, ms_key in (("train", "ms_per_step"), ("infer", "ms")):
-          a, b = (r.get(phase) or {}).get(ms_key), (t.get(phase) or {}).get(ms_key)
-          if a and b:
-            ratio[phase] = b / a
-        r["vs_torch"][t["variant"]] = ratio
-    best = {}  # against the fastest PyTorch variant of each phase: the strongest peer
-    for ratio in r["vs_torch"].values():
-      for phase, v in ratio.items():
-        best[phase] = min(best.get(phase, v), v)
-    if len(r["vs_torch"]) > 1 and best:
-      r["vs_torch"]["best"] = best
+    peers = [t for t in rows if t["framework"] == "torch" and t["dtype"] == r["dtype"]]
+    r["vs_torch"] = {t["variant"]: {} for t in peers}
+    for phase, ms_key in (("train", "ms_per_step"), ("infer", "ms")):
+      times = {t["variant"]: (t.get(phase) or {}).get(ms_key) for t in peers}
+      # per variant, and "best": against the fastest PyTorch variant of the phase, the strongest peer
+      for variant, ratio in common.speed_ratios((r.get(phase) or {}).get(ms_key), times).items():
+        r["vs_torch"].setdefault(variant, {})[phase] = ratio
 
 
 # --------------------------------------------------------------------------------------------------
@@ -863,7 +858,7 @@ def main(argv=None) -> dict | None:
 
 
 def run_torch(args, dtypes, report: dict, save, over_deadline) -> None:
-  """PyTorch rows for each dtype (eager, and torch.compile with ``--torch_compile``)."""
+  """PyTorch rows for each dtype (eager, tuned, and torch.compile with ``--torch_compile``)."""
   if importlib.util.find_spec("torch") is None:
     report["failures"].append("torch: skipped: torch is not importable")
     return
@@ -889,8 +884,8 @@ def run_torch(args, dtypes, report: dict, save, over_deadline) -> None:
         for phase in ("train", "infer"):
           counted = counts.setdefault((dtype, phase), row[phase].get("flops_counter"))
           row[phase].setdefault("flops_counter", counted)
-        print(f"torch/{variant} ahdrnet {dtype}: train {row['train']['ms_per_step']:.2f} ms/step, "
-              f"frame {row['infer']['ms']:.2f} ms ({out['device']})", flush=True)
+        print(f"torch/{variant} ahdrnet {dtype}: train {common.fmt(row['train'].get('ms_per_step'), '.2f')} ms/step, "
+              f"frame {common.fmt(row['infer'].get('ms'), '.2f')} ms ({out['device']})", flush=True)
       except Terminated:
         row["errors"]["torch"] = "terminated while running"
         raise

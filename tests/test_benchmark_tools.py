@@ -186,3 +186,86 @@ def test_pipeline_sources_go_on_without_the_prepared_format(tmp_path, monkeypatc
   assert [r["source"] for r in report["results"]] == ["png", "tiles"]
   assert all(r["crops_per_s"] > 0 for r in report["results"])
   assert json.loads((tmp_path / "p.json").read_text())["prepared"]["tiles"]["bytes"] > 0
+
+
+def test_diffusion_sampling_reports_the_pytorch_variants_and_the_best(tmp_path, capsys):
+  """The sampler benchmark's PyTorch peer at toy size on the CPU: the eager and tuned variants run in
+  the same process as the JAX rows, each reported with the compiled loop's speed-up against it, and a
+  ``best`` row/ratio against the faster one (torch.compile is left out: it compiles for a minute here)."""
+  pytest.importorskip("torch")
+  import diffusion_sampling as ds
+
+  assert common.speed_ratios(2.0, {"eager": 8.0, "tuned": 4.0, "compile": None}) == {
+      "eager": 4.0, "tuned": 2.0, "best": 2.0}
+  assert common.speed_ratios(2.0, {"eager": 8.0}) == {"eager": 4.0}  # one peer: no "best"
+  assert ds.torch_variant_list("auto", cuda=False) == ["eager", "tuned", "compile"]
+  assert ds.torch_variant_list("auto", cuda=True, max_autotune=True) == [
+      "eager", "tuned", "compile", "reduce-overhead", "max-autotune"]
+  with pytest.raises(ValueError, match="--torch_variants"):
+    ds.torch_variant_list("eager,fast", cuda=False)
+
+  tiny = ["--size=small", "--height=16", "--width=16", "--batch=1", "--steps=4", "--ddim_steps=0",
+          "--python_steps=0", "--torch_steps=2", "--repeats=1", "--model_set=ch=8", "--model_set=groups=4",
+          "--model_set=ch_mult=(1, 2)", "--model_set=attn_levels=(1,)"]
+  out = ds.main([*tiny, "--torch_variants=eager,tuned", f"--json={tmp_path / 'ds.json'}"])
+  result = out["sizes"]["small"]
+  variants = result["torch"]["variants"]
+  assert list(variants) == ["eager", "tuned"] and all(v["finite"] for v in variants.values())
+  assert variants["eager"]["memory_format"] == "contiguous" and variants["tuned"]["memory_format"] == "channels_last"
+  assert variants["tuned"]["grad_mode"] == "inference_mode" and result["torch"]["params"] < 100_000
+  assert [(r["framework"], r["variant"]) for r in result["rows"]] == [
+      ("jax", "compiled"), ("torch", "eager"), ("torch", "tuned"), ("torch", "best")]
+  rows = {r["variant"]: r for r in result["rows"]}
+  assert rows["best"]["s_per_step"] == min(v["s_per_step"] for v in variants.values())
+  loop = result["jax"]["compiled_s_per_step"]
+  assert result["vs_torch"]["best"] == pytest.approx(rows["best"]["s_per_step"] / loop)
+  assert set(result["vs_torch"]) == {"eager", "tuned", "best"}
+  assert json.loads((tmp_path / "ds.json").read_text())["sizes"]["small"]["vs_torch"] == result["vs_torch"]
+  text = capsys.readouterr().out
+  assert "PyTorch best (= " in text and "over PyTorch best" in text
+
+  # a variant due after the deadline is recorded as skipped, not run
+  import argparse
+
+  args = argparse.Namespace(**{**out["args"], "size": "small"})
+  skipped = ds.bench_torch(args, ["eager"], over_deadline=lambda: True)
+  assert skipped["variants"] == {"eager": {"skipped": "--deadline_s reached"}}
+
+
+def test_gpu_targets_table_from_the_runs_json(tmp_path):
+  """``gpu_targets.py`` reads what ``gpu_issue20.sh`` wrote: JAX against the fastest PyTorch variant of
+  the same run for each target, the XLA options against the default run (per image for the sampler),
+  and "not measured" / "no peer measured" where a JSON or a peer is missing."""
+  import gpu_targets
+
+  def models_row(framework, variant, train=None, infer=None):
+    return {"model": "ahdrnet", "model_name": "ahdrnet", "dtype": "bfloat16", "framework": framework,
+            "variant": variant, "train": {"ms_per_step": train} if train else {}, "infer": {"ms": infer} if infer else {}}
+
+  (tmp_path / "ahdr_bf16.json").write_text(json.dumps({
+      "device": {"device_kind": "NVIDIA H100"}, "settings": {"batch": 8, "patch": 256, "height": 1060, "width": 1900},
+      "rows": [models_row("jax", "jit", 10.0, 18.0), models_row("torch", "eager", 40.0, 60.0),
+               models_row("torch", "tuned", 30.0, 50.0), models_row("torch", "compile", 25.0, 40.0)]}))
+  (tmp_path / "ddpm.json").write_text(json.dumps({
+      "args": {"steps": 1000, "batch": 8, "height": 128, "width": 128, "dtype": "bfloat16"},
+      "sizes": {"full": {"jax": {"params": 34_340_000, "compiled_total_s": 3.0},
+                         "torch": {"variants": {"eager": {"s_per_step": 0.016}, "reduce-overhead": {"s_per_step": 0.006},
+                                                "compile": {"error": "no compiler"}}}}}}))
+  (tmp_path / "opt_ddpm_batch16.json").write_text(json.dumps({
+      "args": {"steps": 1000, "batch": 16}, "xla_flags": "", "sizes": {"full": {"jax": {"compiled_total_s": 4.0}}}}))
+  (tmp_path / "opt_frame_convfusion.json").write_text(json.dumps({
+      "env": {"XLA_FLAGS": "--xla_gpu_experimental_enable_conv_fusion=true"}, "rows": [models_row("jax", "jit", None, 15.0)]}))
+  (tmp_path / "status.jsonl").write_text('{"step": "ahdr_f32", "status": "SKIPPED"}\n')
+  summary = gpu_targets.main([f"--out={tmp_path}"])
+  train_bf16, train_f32, frame, ddpm = summary["targets"]
+  assert (train_bf16["best_peer"], train_bf16["jax_vs_best"], train_bf16["verdict"]) == ("compile", 2.5, "met")
+  assert train_f32["verdict"] == "not measured"
+  assert (frame["jax"], frame["best_peer"], frame["verdict"]) == (18.0, "compile", "met")
+  assert ddpm["peers"] == {"eager": 16.0, "reduce-overhead": 6.0} and ddpm["best_peer"] == "reduce-overhead"
+  assert ddpm["verdict"] == "NOT met" and ddpm["jax_vs_best"] == 2.0
+  options = {o["option"]: o for o in summary["options"]}
+  assert options["batch16"]["speedup"] == pytest.approx((3.0 / 8) / (4.0 / 16))  # per image
+  assert options["convfusion"]["speedup"] == pytest.approx(18.0 / 15.0)
+  assert json.loads((tmp_path / "targets.json").read_text())["targets"][0]["verdict"] == "met"
+  table = gpu_targets.format_summary(summary)
+  assert "steps not ok: ahdr_f32 SKIPPED" in table and "NVIDIA H100" in table
