@@ -35,6 +35,8 @@ def write_bracket(folder: Path, height: int, width: int, seed: int = 0) -> None:
   from PIL import Image
   from PIL.TiffImagePlugin import IFDRational
 
+  from hdr_jax.constants import GAMMA
+
   rng = np.random.default_rng(seed)
   scene = np.full((height, width), 0.15, np.float32)
   for _ in range(2000):
@@ -44,7 +46,7 @@ def write_bracket(folder: Path, height: int, width: int, seed: int = 0) -> None:
   scene = cv2.GaussianBlur(scene, (0, 0), 2.0)
   folder.mkdir(parents=True, exist_ok=True)
   for name, denominator in (("short.jpg", 240), ("medium.jpg", 60), ("long.jpg", 15)):
-    code = np.clip(scene * (60 / denominator), 0, 1) ** (1 / 2.24) * 255
+    code = np.clip(scene * (60 / denominator), 0, 1) ** (1 / GAMMA) * 255
     rgb = np.repeat(np.round(code).astype(np.uint8)[..., None], 3, axis=-1)
     exif = Image.Exif()
     ifd = exif.get_ifd(0x8769)

@@ -78,8 +78,8 @@ sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
 import common  # noqa: E402
 
-GAMMA = 2.24
-MU = 5000.0
+from hdr_jax.constants import GAMMA, MU  # noqa: E402
+
 _MARK = "@@MODELS_BENCH_RESULT@@ "
 PIPELINE_TARGET = 1.5
 

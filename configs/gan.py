@@ -20,8 +20,7 @@ from pathlib import Path
 import ml_collections
 
 from hdr_jax.config_base import get_base_config
-
-GENERATORS = ("vam_drdb", "vam", "ahdrnet")
+from hdr_jax.models import GENERATORS
 
 
 def generator_model_config(name: str) -> ml_collections.ConfigDict:

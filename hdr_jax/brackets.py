@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from hdr_jax import io as hio
+from hdr_jax.constants import GAMMA
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 ALIGN_METHODS = ("mtb", "ecc", "ecc-affine", "none")
@@ -201,7 +202,7 @@ def read_frame(path) -> np.ndarray:
   return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def read_bracket(folder, exposures=None, align: str = DEFAULT_ALIGN, gamma: float = 2.24) -> Bracket:
+def read_bracket(folder, exposures=None, align: str = DEFAULT_ALIGN, gamma: float = GAMMA) -> Bracket:
   """The bracket of ``folder`` (exactly three image files): frames sorted short -> long, their stops
   relative to the middle frame, and the short and long frames aligned onto the medium one with
   ``align`` (:data:`ALIGN_METHODS`; ``gamma`` normalises exposure for ``ecc``). ``exposures``: the
@@ -338,7 +339,7 @@ def _ecc_warp(reference: np.ndarray, moving: np.ndarray, motion: int, levels_fro
   return np.diag([r, r, 1.0]).astype(np.float32) @ warp @ np.diag([1 / r, 1 / r, 1.0]).astype(np.float32)
 
 
-def align_frames(frames: np.ndarray, exposures, method: str = DEFAULT_ALIGN, gamma: float = 2.24,
+def align_frames(frames: np.ndarray, exposures, method: str = DEFAULT_ALIGN, gamma: float = GAMMA,
           where: str = "bracket") -> tuple[np.ndarray, list]:
   """``frames (3, H, W, 3)`` (short, medium, long) with the short and long frames warped onto the
   medium one, and the motion found for each (``(dx, dy)`` pixels for ``mtb``, a 3x3 matrix for ``ecc``).

@@ -26,10 +26,11 @@ from hdr_jax import engine as engine_lib
 from hdr_jax import io as hio
 from hdr_jax import sig17
 from hdr_jax.config_base import get_base_config
+from hdr_jax.constants import SIG17_GAMMA
 
 SOURCES = {
     # name: (model name, model config overrides)
-    "ahdrnet-pytorch": ("ahdrnet", {"gamma": 2.2, "output_head": "sigmoid"}),
+    "ahdrnet-pytorch": ("ahdrnet", {"gamma": SIG17_GAMMA, "output_head": "sigmoid"}),  # Kalantari data
     # The official HDR-VAM learns sigmoid(gt); its inference is clip(logit(out), 0) ** 2.24.
     "hdrvam-keras": ("vam", {"output_head": "logit"}),
 }

@@ -85,6 +85,17 @@ class Engine:
     """The task's bundle (networks and optimisers) of ``state``."""
     return nnx.merge(self.graphdef, state)
 
+  def load_feature_extractor(self, state, workdir) -> nnx.State:
+    """``state`` with a pretrained feature extractor (``config.init.feature_extractor``: the latest
+    checkpoint of ``workdir``) copied to the paths the task declares (``task.feature_extractor_paths``,
+    :func:`hdr_jax.pretrain.load_feature_extractor`); ValueError where the task takes none."""
+    from hdr_jax import pretrain
+
+    paths = self.task.feature_extractor_paths
+    if not paths:
+      raise ValueError(f"config.init.feature_extractor={workdir}: {self.task.feature_extractor_refusal}")
+    return pretrain.load_feature_extractor(state, workdir, paths, config=self.config, sharding=self.replicated)
+
   def param_count(self, state) -> int:
     """How many trained parameters ``state`` holds (``task.param_state``: an EMA copy or a frozen part is
     not counted)."""

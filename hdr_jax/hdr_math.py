@@ -24,9 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-GAMMA = 2.24
-MU = 5000.0
-PERCENTILE = 99.0
+from hdr_jax.constants import GAMMA, MU, PERCENTILE, SIG17_GAMMA  # noqa: F401 (re-exported)
 
 # --------------------------------------------------------------------------------------------------
 # Gamma and exposure alignment
@@ -325,11 +323,11 @@ def mu_law_l1(pred_linear, target_linear, mu: float = MU):
 # --------------------------------------------------------------------------------------------------
 
 
-def np_mu_tonemap(h, mu=5000):
+def np_mu_tonemap(h, mu=MU):
   return np.log(1 + mu * h) / np.log(1 + mu)
 
 
-def np_tanh_norm_mu_tonemap(h, norm, mu=5000):
+def np_tanh_norm_mu_tonemap(h, norm, mu=MU):
   return np_mu_tonemap(np.tanh(h / norm), mu)
 
 
@@ -337,7 +335,7 @@ def np_psnr(a, b):
   return -10 * np.log10(np.mean(np.power(a - b, 2)))
 
 
-def np_psnr_mu(ref, res, percentile=99, gamma=GAMMA):
+def np_psnr_mu(ref, res, percentile=PERCENTILE, gamma=GAMMA):
   """PSNR-mu with the official program's NumPy operations, in the same order and dtypes.
 
   ``ref``/``res``: decoded gamma-domain images as the official reader returns them (float32).
@@ -363,9 +361,8 @@ def np_psnr_l(ref, res):
 # shortest frame. Inside hdr_jax every model, task and loss keeps one convention (NTIRE's): gamma-domain
 # HDR (``GAMMA`` = 2.24) relative to the medium exposure. A SIG17 label maps into it with
 # :func:`sig17_to_internal` and a prediction maps back out with :func:`internal_to_sig17`; the two are
-# exact inverses up to float32 rounding, so the SIG17 metrics see the model's linear output.
-
-SIG17_GAMMA = 2.2
+# exact inverses up to float32 rounding, so the SIG17 metrics see the model's linear output. The
+# protocol's gamma is ``SIG17_GAMMA`` (2.2, from hdr_jax.constants).
 
 
 def sig17_scale(exposures):

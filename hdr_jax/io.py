@@ -488,7 +488,7 @@ def write_result(folder, scene_id: str, hdr, fmt: str = "ntire") -> list[Path]:
     write_hdr_png16(paths[0], paths[1], hdr)
   elif fmt in ("exr", "hdr"):
     # .exr/.hdr hold linear radiance by convention; NTIRE HDR is gamma-domain.
-    from hdr_jax.hdr_math import GAMMA
+    from hdr_jax.constants import GAMMA
 
     paths = [folder / f"{scene_id}.{fmt}"]
     write_hdr_image(paths[0], np.power(np.maximum(np.asarray(hdr, np.float32), 0), GAMMA))

@@ -8,9 +8,10 @@ initialised. Both runs must build the same feature extractor (same ``model.name`
 keys): every array is checked by path and shape against the checkpoint's metadata before anything
 is read or copied.
 
-Tasks call it from their ``load_feature_extractor`` hook; ``paths`` names where the copy goes (the
+``paths`` names where the copy goes: what the task declares in ``feature_extractor_paths`` (the
 regression and GAN generator: ``model.fe``; a diffusion U-Net's encoder and its EMA copy:
-``model.encoder.fe`` and ``ema.encoder.fe``).
+``model.encoder.fe`` and ``ema.encoder.fe``); :meth:`hdr_jax.engine.Engine.load_feature_extractor`
+passes them.
 """
 
 from __future__ import annotations
@@ -87,10 +88,11 @@ class PretrainedCheckpoint:
     return _flat(_subtree(state, SOURCE))
 
 
-def load_feature_extractor(engine, state: nnx.State, workdir, paths=(SOURCE,)) -> nnx.State:
-  """Copies the ``model.fe`` state of ``workdir``'s latest checkpoint into ``state`` (the engine's
-  bundle state) at each of ``paths``; returns ``state``. Raises ValueError naming the workdir, both
-  models and the mismatching arrays when the feature extractors differ."""
+def load_feature_extractor(state: nnx.State, workdir, paths=(SOURCE,), *, config, sharding=None) -> nnx.State:
+  """Copies the ``model.fe`` state of ``workdir``'s latest checkpoint into ``state`` (a bundle state of
+  the run configured by ``config``) at each of ``paths``, its arrays read with ``sharding``; returns
+  ``state``. Raises ValueError naming the workdir, both models and the mismatching arrays when the
+  feature extractors differ."""
   src = PretrainedCheckpoint(workdir)
   pure = state.to_pure_dict()
   targets = []
@@ -98,7 +100,7 @@ def load_feature_extractor(engine, state: nnx.State, workdir, paths=(SOURCE,)) -
     where = ".".join(path)
     dst = _subtree(pure, path)
     if dst is None:
-      raise ValueError(f"config.init.feature_extractor={workdir}: this model ({_describe(engine.config)}) has no "
+      raise ValueError(f"config.init.feature_extractor={workdir}: this model ({_describe(config)}) has no "
                        f"feature extractor at {where} to take that run's (model {_describe(src.config)})")
     shapes = {k: tuple(np.shape(v)) for k, v in _flat(dst).items()}
     problems = [f"missing in the checkpoint: {k} {shapes[k]}" for k in sorted(set(shapes) - set(src.shapes))]
@@ -109,10 +111,10 @@ def load_feature_extractor(engine, state: nnx.State, workdir, paths=(SOURCE,)) -
       shown = problems[:12] + ([f"... and {len(problems) - 12} more"] if len(problems) > 12 else [])
       raise ValueError(
           f"config.init.feature_extractor={workdir}: its feature extractor (model {_describe(src.config)}, step "
-          f"{src.step}) does not match this model's {where} (model {_describe(engine.config)}); use the same "
+          f"{src.step}) does not match this model's {where} (model {_describe(config)}); use the same "
           f"model.name and model.* settings in both runs. Mismatching arrays:\n  " + "\n  ".join(shown))
     targets.append((path, {k: np.dtype(getattr(v, "dtype", np.float32)) for k, v in _flat(dst).items()}))
-  fe = src.read(engine.replicated)
+  fe = src.read(sharding)
   updates = {tuple(path) + tuple(k.split("/")): v.astype(dtypes[k]) for path, dtypes in targets for k, v in fe.items()}
   nnx.replace_by_pure_dict(state, traversals.unflatten_mapping(updates))
   if jax.process_index() == 0:

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from hdr_jax import io as hio
+from hdr_jax.constants import SIG17_GAMMA
 from hdr_jax.io import cv2
 
 LAYOUTS = ("ntire", "sig17")
@@ -47,7 +48,7 @@ LABEL_FILE = "HDRImg.hdr"
 TIFF_SUFFIXES = (".tif", ".tiff")
 RESULT_SUFFIXES = (".hdr", ".exr")
 # Model settings the SIG17 protocol imposes (the papers' and the official AHDRNet's input mapping).
-MODEL_SETTINGS = {"gamma": 2.2, "exposure_reference": "short"}
+MODEL_SETTINGS = {"gamma": SIG17_GAMMA, "exposure_reference": "short"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -401,10 +402,8 @@ def scene_metrics(d: dict, pred: np.ndarray, ssim: bool = True) -> dict:
 
 def baseline_linear(d: dict) -> np.ndarray:
   """The medium frame alone as a SIG17 prediction: ``ldr ** 2.2 / 2 ** stops_medium`` (stops from the short frame)."""
-  from hdr_jax import hdr_math
-
   e = np.asarray(d["exposures"], np.float32)
-  return np.power(d["frames"][1], np.float32(hdr_math.SIG17_GAMMA)) / np.exp2(e[1] - e[0])
+  return np.power(d["frames"][1], np.float32(SIG17_GAMMA)) / np.exp2(e[1] - e[0])
 
 
 def result_path(folder, scene_id: str, fmt: str = "hdr") -> Path:

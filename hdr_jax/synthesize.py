@@ -44,9 +44,9 @@ from typing import Sequence
 import numpy as np
 
 from hdr_jax import io
+from hdr_jax.constants import GAMMA, SIG17_GAMMA
 from hdr_jax.io import cv2  # OpenEXR support enabled before cv2 is imported
 
-GAMMA = 2.24  # == hdr_math.GAMMA (not imported here: this module must not pull in jax)
 GENERATOR_VERSION = 1
 MIN_SIZE = 16
 MAX_SCENES = 10_000  # four-digit scene ids
@@ -453,7 +453,7 @@ def synthesize_folder(out, scenes: int, height: int, width: int, hdr_files: Sequ
   if layout == "sig17":
     from hdr_jax import sig17
 
-    scene_kwargs = {"gamma": 2.2, "bits": 16, **scene_kwargs}
+    scene_kwargs = {"gamma": SIG17_GAMMA, "bits": 16, **scene_kwargs}
   start = time.perf_counter()
   sources = [_load_source(p) for p in hdr_files]
   out = Path(out)

@@ -25,7 +25,7 @@ from hdr_jax import cli
 from hdr_jax import engine as engine_lib
 from hdr_jax import evaluation
 from hdr_jax import io as hio
-from hdr_jax import metrics_log, sig17
+from hdr_jax import metrics_log, sig17, tasks
 
 
 def _define_flags():
@@ -87,14 +87,16 @@ def train_and_evaluate(config, workdir) -> dict:
   train_iter = make_train_iterator(config, train_dir)
 
   cli.use_compilation_cache(config)
-  engine = engine_lib.Engine(config)
+  task = tasks.get_task(config)
+  task.prepare(train_dir)  # statistics of the training data (l-DAE's PCA), before the bundle is built
+  engine = engine_lib.Engine(config, task=task)
   root_key = jax.random.key(config.seed)
   init_key, train_key, eval_key = jax.random.split(root_key, 3)
   state = engine.init_state(init_key)
   if config.init.feature_extractor:
-    state = engine.task.load_feature_extractor(engine, state, config.init.feature_extractor)
+    state = engine.load_feature_extractor(state, config.init.feature_extractor)
 
-  ckpts = ckpt_lib.Checkpoints(workdir, keep=config.keep_checkpoints, best_metric=engine.task.best_metric)
+  ckpts = ckpt_lib.Checkpoints(workdir, keep=config.keep_checkpoints, best_metric=task.best_metric)
   start_step = 0
   # The newest step that restores; damaged newer ones are moved aside with a warning line each.
   state, meta, latest = ckpts.restore_newest(state, data_iter=train_iter, sharding=engine.replicated,
@@ -183,9 +185,9 @@ def train_and_evaluate(config, workdir) -> dict:
         dt = time.perf_counter() - t_window
         scalars = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
         scalars.update(steps_per_sec=len(window) / dt, crops_per_sec=len(window) * config.batch_size / dt,
-                       learning_rate=float(engine.task.lr(step)))
+                       learning_rate=float(task.lr(step)))
         writer.write_scalars(step, scalars, prefix="train/")
-        engine.task.on_metrics(step, scalars)
+        task.on_metrics(step, scalars)
         if progress is not None:
           progress.set_postfix(loss=f"{scalars['loss']:.4f}")
         window, t_window = [], time.perf_counter()

@@ -16,7 +16,7 @@ import pytest
 from flax import nnx
 from flax.nnx import traversals
 
-from hdr_jax import config_base, engine, synthesize
+from hdr_jax import config_base, data, engine, synthesize
 from hdr_jax.tasks import ldae
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,6 +145,7 @@ def test_ldae_training_lowers_the_loss_and_checkpoints_the_pca(quality_run):
   np.testing.assert_allclose(components @ components.T, np.eye(config.ldae.latent_dim), atol=1e-5)
   # The basis is fitted deterministically from the seed's training patches (a fresh task refits it).
   task = ldae.LdaeTask(config)
+  task.prepare(data.resolve_data(config)[0])  # the trainer's hook, on the run's resolved training data
   bundle = nnx.eval_shape(lambda: task.create(jax.random.key(config.seed)))
   np.testing.assert_array_equal(components, task.pca[0])
   # Only the feature extractor and the head are trained (the whole HDR-VAM is kept for its structure).
@@ -165,7 +166,7 @@ def test_init_feature_extractor_copies_exactly_the_fe_state(quality_run, monkeyp
   e = _regression_engine("vam_drdb", tmp_path, monkeypatch, **SMALL_STEM)
   abstract = nnx.state(nnx.eval_shape(lambda: e.task.create(jax.random.key(0))))
   state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract)  # a state whose every value is known
-  state = e.task.load_feature_extractor(e, state, str(workdir))
+  state = e.load_feature_extractor(state, str(workdir))
   after = traversals.flatten_mapping(jax.device_get(state.to_pure_dict()))
   saved = traversals.flatten_mapping(_checkpoint(workdir)["model"]["fe"])
   fe = {k: v for k, v in after.items() if k[:2] == ("model", "fe")}
@@ -182,7 +183,7 @@ def test_init_feature_extractor_mismatch_is_a_clear_error(quality_run, monkeypat
   e = _regression_engine(name, tmp_path, monkeypatch, **model)
   abstract = nnx.state(nnx.eval_shape(lambda: e.task.create(jax.random.key(0))))  # shapes only, nothing compiled
   with pytest.raises(ValueError) as err:
-    e.task.load_feature_extractor(e, abstract, str(workdir))
+    e.load_feature_extractor(abstract, str(workdir))
   msg = str(err.value)
   assert str(workdir) in msg and "vam_drdb" in msg
   if name == "vam":
@@ -295,18 +296,18 @@ def test_gan_and_diffusion_start_from_the_ldae_feature_extractor(quality_run, tm
   c.data.cache_dir = str(tmp_path)
   c.model = ml_collections.ConfigDict(dict(name="vam_drdb", **SMALL_STEM))
   e = engine.Engine(c)
-  _assert_only_copied(e.task.load_feature_extractor(e, _zero_state(e), str(workdir)), saved, [("model", "fe")])
+  _assert_only_copied(e.load_feature_extractor(_zero_state(e), str(workdir)), saved, [("model", "fe")])
 
   c = config_base.load_config_file(ROOT / "configs" / "diffusion.py")
   c.data.cache_dir = str(tmp_path)
   c.model.cond_encoder = "vam_drdb"
   c.model.cond_vam_drdb = ml_collections.ConfigDict(dict(c.model.cond_vam_drdb, **SMALL_STEM))
   e = engine.Engine(c)
-  state = e.task.load_feature_extractor(e, _zero_state(e), str(workdir))
+  state = e.load_feature_extractor(_zero_state(e), str(workdir))
   _assert_only_copied(state, saved, [("model", "encoder", "fe"), ("ema", "encoder", "fe")])
 
   c.model.cond_encoder = "conv"
   e = engine.Engine(c)
   with pytest.raises(ValueError, match="cond_encoder='vam_drdb'") as err:
-    e.task.load_feature_extractor(e, None, str(workdir))
+    e.load_feature_extractor(None, str(workdir))
   assert str(workdir) in str(err.value)

@@ -19,6 +19,10 @@ REGISTRY = {
     "patch_discriminator": "hdr_jax.models.discriminator:PatchDiscriminator",
 }
 
+# The regression networks, (frames, exposures) -> HDR: the generators a GAN can train (configs/gan.py takes
+# its model block from configs/<name>.py; hdr_jax.tasks.gan builds it with build_model).
+GENERATORS = ("vam_drdb", "vam", "ahdrnet")
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 

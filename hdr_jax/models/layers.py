@@ -1,5 +1,5 @@
-"""Building blocks shared by the model families: a convolution with call-time dilation, the
-polyphase fold that turns dilation-2 convolutions into plain ones, the DRDB, and a depthwise
+"""Building blocks shared by the model families: a convolution with call-time dilation, average
+pooling, the polyphase fold that turns dilation-2 convolutions into plain ones, the DRDB, and a depthwise
 convolution written as shifted multiply-adds.
 
 All tensors are NHWC. Parameters are stored in ``param_dtype`` (float32); computation runs in
@@ -118,6 +118,16 @@ class Conv2d(nnx.Module):
         x.astype(self.dtype), kernel, (1, 1),
         [(padding, padding), (padding, padding)], rhs_dilation=(dilation, dilation),
         dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=self.groups)
+
+
+def avg_pool(x, k: int):
+  """``k x k`` average pooling with stride ``k`` (Keras ``AveragePooling2D(k)``, valid): ``(B, H, W, C)
+  -> (B, H/k, W/k, C)``, H and W multiples of ``k``; ``k == 1`` returns ``x``. The mean is in
+  ``x``'s dtype (jnp.mean sums low-precision floats in float32)."""
+  if k == 1:
+    return x
+  b, h, w, c = x.shape
+  return x.reshape(b, h // k, k, w // k, k, c).mean(axis=(2, 4)).astype(x.dtype)
 
 
 def polyphase_fold(x, factor: int = 2):

@@ -37,7 +37,7 @@ from flax import nnx
 
 from hdr_jax import hdr_math
 from hdr_jax.models import vam
-from hdr_jax.models.layers import bias_add, pad_to_multiple
+from hdr_jax.models.layers import avg_pool, bias_add, pad_to_multiple
 
 COND_ENCODERS = ("vam_drdb", "conv")
 GN_STATS = ("group", "channel")
@@ -50,13 +50,6 @@ def timestep_embedding(t, dim: int, max_period: float = 10000.0):
   args = jnp.asarray(t, jnp.float32)[:, None] * freqs[None]
   emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
   return jnp.pad(emb, ((0, 0), (0, dim % 2)))
-
-
-def _avg_pool(x, k: int):
-  if k == 1:
-    return x
-  b, h, w, c = x.shape
-  return x.reshape(b, h // k, k, w // k, k, c).mean(axis=(2, 4))
 
 
 def _ints(field: str, values) -> tuple[int, ...]:
@@ -366,7 +359,7 @@ class UNet(nnx.Module):
     k = 0
     for i in range(self.levels):
       if self.cond_all_scales:
-        hcur = hcur + self.cond_proj[i](_avg_pool(cond_p, 2 ** i))
+        hcur = hcur + self.cond_proj[i](avg_pool(cond_p, 2 ** i))
       for _ in range(self.num_res_blocks):
         hcur = self.down[k](hcur, t_down[k])
         if self.down_attn[k] is not None:

@@ -69,7 +69,7 @@ import numpy as np
 from flax import nnx
 
 from hdr_jax import hdr_math
-from hdr_jax.models.layers import DRDB, Conv2d, polyphase_fold, polyphase_unfold
+from hdr_jax.models.layers import DRDB, Conv2d, avg_pool, polyphase_fold, polyphase_unfold
 
 FEATURE_CHANNELS = 224
 OUTPUT_HEADS = ("exposure", "sigmoid", "logit", "merge")
@@ -154,11 +154,6 @@ def glorot_uniform(fan_in: int, fan_out: int):
   return init
 
 
-def _avg_pool(x, k: int):
-  b, h, w, c = x.shape
-  return x.reshape(b, h // k, k, w // k, k, c).mean(axis=(2, 4)).astype(x.dtype)
-
-
 def _windows(x, k: int):
   """``(B, H, W, C) -> (B, H/k, W/k, C, k*k)``: the non-overlapping ``k x k`` windows, row-major."""
   b, h, w, c = x.shape
@@ -221,7 +216,7 @@ class FeatureExtractor(nnx.Module):
 
   def __call__(self, x):
     f = self.sep1(x)
-    f = jnp.concatenate([_max_pool(f, 2), _avg_pool(f, 2)], axis=-1)
+    f = jnp.concatenate([_max_pool(f, 2), avg_pool(f, 2)], axis=-1)
     return _upsample(jax.nn.relu(self.sep2(f)))
 
 
@@ -327,9 +322,9 @@ class Reconstruction(nnx.Module):
     x = feats
     for conv, bn in zip(self.enc, self.bn):
       x = jax.nn.relu(bn(conv(x), use_running_average=use_running_average))
-      x = jnp.concatenate([_avg_pool(x, 2), _max_pool(x, 2)], axis=-1)
+      x = jnp.concatenate([avg_pool(x, 2), _max_pool(x, 2)], axis=-1)
     for k, conv in zip((16, 8, 4, 2), self.dec):
-      x = jnp.concatenate([x, _avg_pool(va, k).astype(x.dtype), _avg_pool(ref, k).astype(x.dtype)], axis=-1)
+      x = jnp.concatenate([x, avg_pool(va, k).astype(x.dtype), avg_pool(ref, k).astype(x.dtype)], axis=-1)
       x = _upsample(jax.nn.relu(conv(x)))
     return jax.nn.relu(self.out(x))
 

@@ -10,6 +10,11 @@ and calls the task's pure methods inside ``jax.jit``:
 * where ``has_estimate`` is true (a DDPM refining a deterministic estimate),
   ``predict_estimate(bundle, frames, exposures)`` -> that estimate, gamma-domain HDR (B, H, W, 3).
 
+Outside any trace, the trainer calls ``prepare(train_dir)`` once, with the resolved training data, before
+the bundle is built (a task that derives fixed statistics from the data, as l-DAE its PCA, fits them
+there), and copies a pretrained feature extractor (``config.init.feature_extractor``) to the bundle paths
+the task declares in ``feature_extractor_paths``. A task never sees the Engine.
+
 ``batch`` arrives on device with ``frames`` as float32 in [0, 1] ``(B, 3, P, P, 3)``, ``exposures``
 ``(B, 3)`` and ``gt`` gamma-domain ``(B, P, P, 3)``.
 """
@@ -60,10 +65,21 @@ class Task:
   best_metric = "psnr_mu"
   # Whether predict refines a deterministic estimate that predict_estimate returns (scored beside it).
   has_estimate = False
+  # Where a pretrained feature extractor (config.init.feature_extractor, hdr_jax.pretrain) is copied: paths
+  # into the bundle's state. Empty: the task takes none (feature_extractor_refusal says why).
+  feature_extractor_paths: tuple[tuple[str, ...], ...] = ()
 
   def __init__(self, config):
     self.config = config
     self.dtype = models.get_dtype(config.dtype)
+
+  def prepare(self, train_dir) -> None:
+    """Host-side set-up from the training data, run once by the trainer before any bundle is built
+    (outside any trace): ``train_dir`` is the resolved training folder (:func:`hdr_jax.data.resolve_data`;
+    None when ``config.data.prepared`` is set; :func:`hdr_jax.data.train_source` opens either). A bundle
+    built without it (restored from a checkpoint: evaluate, predict) must still have the same structure.
+    The default needs nothing."""
+    del train_dir
 
   def create(self, key) -> nnx.Module:
     raise NotImplementedError
@@ -94,9 +110,10 @@ class Task:
   def on_metrics(self, step: int, scalars: dict) -> None:
     """Host-side hook called with the averaged training metrics at every log step."""
 
-  def load_feature_extractor(self, engine, state, workdir):
-    raise ValueError(f"config.init.feature_extractor: task {self.config.task!r} cannot start from a "
-                     "pretrained feature extractor")
+  @property
+  def feature_extractor_refusal(self) -> str:
+    """Why this task (as configured) takes no pretrained feature extractor (``feature_extractor_paths`` empty)."""
+    return f"task {self.config.task!r} cannot start from a pretrained feature extractor"
 
   def lr(self, step):
     return make_schedule(self.config.optimizer, self.config.num_train_steps)(step)

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from hdr_jax import diffusion, hdr_math, pretrain
+from hdr_jax import diffusion, hdr_math
 from hdr_jax.tasks.base import Task, make_optimizer
 
 ESTIMATES = ("none", "merge", "network")
@@ -100,18 +100,20 @@ class DiffusionTask(Task):
     if self.residual_scale <= 0:
       raise ValueError(f"config.diffusion.residual_scale must be positive, got {self.residual_scale}")
 
-  def load_feature_extractor(self, engine, state, workdir):
-    """Starts the conditioning encoder's VAM+DRDB feature extractor, in the network and in its EMA
-    copy (``model.encoder.fe``, ``ema.encoder.fe``), from an l-DAE or any HDR-VAM workdir
-    (``config.init.feature_extractor``); the U-Net and the encoder's projection stay as initialised.
-    The encoder's stem (``model.cond_vam_drdb``) must match the pretrained one."""
-    m = self.config.model
-    if not self.conditional or m.get("cond_encoder", "vam_drdb") != "vam_drdb":
-      raise ValueError(f"config.init.feature_extractor={workdir}: needs the VAM+DRDB conditioning encoder "
-                       f"(model.conditional=True, model.cond_encoder='vam_drdb'); this config has conditional="
-                       f"{self.conditional}, cond_encoder={m.get('cond_encoder')!r}")
-    return pretrain.load_feature_extractor(engine, state, workdir,
-                                           paths=(("model", "encoder", "fe"), ("ema", "encoder", "fe")))
+  @property
+  def feature_extractor_paths(self):
+    """A pretrained feature extractor (``config.init.feature_extractor``, an l-DAE or any HDR-VAM workdir)
+    starts the conditioning encoder's VAM+DRDB feature extractor, in the network and in its EMA copy
+    (``model.encoder.fe``, ``ema.encoder.fe``); the U-Net and the encoder's projection stay as initialised.
+    The encoder's stem (``model.cond_vam_drdb``) must match the pretrained one. Empty without that encoder."""
+    if self.conditional and self.config.model.get("cond_encoder", "vam_drdb") == "vam_drdb":
+      return (("model", "encoder", "fe"), ("ema", "encoder", "fe"))
+    return ()
+
+  @property
+  def feature_extractor_refusal(self) -> str:
+    return (f"needs the VAM+DRDB conditioning encoder (model.conditional=True, model.cond_encoder='vam_drdb'); "
+            f"this config has conditional={self.conditional}, cond_encoder={self.config.model.get('cond_encoder')!r}")
 
   def create(self, key) -> DiffusionBundle:
     c = self.config

@@ -43,14 +43,12 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from hdr_jax import hdr_math, models, pretrain
+from hdr_jax import hdr_math, models
 from hdr_jax.models.discriminator import NoiseGenerator, PatchDiscriminator
 from hdr_jax.tasks.base import Task, make_optimizer
 from hdr_jax.tasks.regression import set_mode
 
 LOSSES = ("nonsaturating", "minimax")
-# Registry entries that are not (frames, exposures) -> HDR regression networks.
-NOT_GENERATORS = ("unet", "patch_discriminator")
 
 
 class DiscriminatorWinsWarning(UserWarning):
@@ -97,25 +95,23 @@ class GanTask(Task):
     if int(g.d_steps) < 1:
       raise ValueError(f"config.gan.d_steps must be >= 1, got {g.d_steps}")
     self.conditional = bool(config.model.get("conditional", True))
-    if self.conditional and config.model.name in NOT_GENERATORS:
+    if self.conditional and config.model.name in models.REGISTRY and config.model.name not in models.GENERATORS:
       raise ValueError(f"config.model.name: {config.model.name!r} is not a regression network; the GAN "
                        "generator must map (frames, exposures) to HDR (e.g. vam_drdb, vam, ahdrnet)")
     self.d_steps = int(g.d_steps)
     self._wins = 0
     self._warned = False
 
-  # ---------------------------------------------------------------------------------------------
-  def load_feature_extractor(self, engine, state, workdir):
-    """Starts the generator's feature extractor (``model.fe`` of an HDR-VAM generator) from an l-DAE
-    or any HDR-VAM workdir (``config.init.feature_extractor``); the discriminator stays as initialised."""
-    return pretrain.load_feature_extractor(engine, state, workdir)
+  # config.init.feature_extractor (an l-DAE or any HDR-VAM workdir) starts the generator's feature
+  # extractor (model.fe of an HDR-VAM generator); the discriminator stays as initialised.
+  feature_extractor_paths = (("model", "fe"),)
 
+  # ---------------------------------------------------------------------------------------------
   def create(self, key) -> GanBundle:
     g_key, d_key = jax.random.split(key)
     kw = dict(dtype=self.dtype, param_dtype=jnp.float32)
     if self.conditional:
-      cfg = {k: v for k, v in dict(self.config.model).items() if k not in ("name", "conditional")}
-      model = models.get_constructor(self.config.model.name)(**cfg, **kw, rngs=nnx.Rngs(params=g_key))
+      model = self.build_model({k: v for k, v in dict(self.config.model).items() if k != "conditional"}, g_key)
     else:
       model = NoiseGenerator(**dict(self.config.noise_gen), **kw, rngs=nnx.Rngs(params=g_key))
     disc = PatchDiscriminator(conditional=self.conditional, **dict(self.config.disc), **kw,

@@ -4,10 +4,12 @@ The latent: patch-wise PCA of the LDR frames. Every frame (short, medium, long, 
 gamma domain) is cut into ``p x p`` patches (``ldae.patch``); a patch ``x`` (``D = p * p * 3`` values,
 ``(row, col, channel)`` order) has the latent ``z = V (x - m)`` with ``V`` the ``d x D`` matrix of the
 top ``d = ldae.latent_dim`` principal directions (orthonormal rows) and ``m`` the mean patch. ``V``
-and ``m`` are fitted once with NumPy, at the task's start, on ``ldae.pca_batches`` batches of training
-patches drawn from the data pipeline (seeded with ``config.seed``: the same basis for the same seed
-and data), and live in the bundle as :class:`PcaBasis` variables (not parameters), so they are
-checkpointed with the run.
+and ``m`` are fitted once with NumPy, in the task's ``prepare`` hook (which the trainer calls with the
+resolved training data, outside any trace), on ``ldae.pca_batches`` batches of training patches drawn
+from the data pipeline (seeded with ``config.seed``: the same basis for the same seed and data), and
+live in the bundle as :class:`PcaBasis` variables (not parameters), so they are checkpointed with the
+run. A bundle built without ``prepare`` (restored from a checkpoint: evaluate, predict) holds zeros of
+the same shapes until the checkpoint's basis replaces them.
 
 The noise: each training image draws one ``sigma`` from ``ldae.sigmas``; every frame gets
 ``z' = z + sigma * eps`` (``eps ~ N(0, I_d)``, independent per patch and frame) and is mapped back with
@@ -137,12 +139,13 @@ def _latent_noise(x, components, mean, sigma, key, p: int, keep):
   return from_patches(jnp.where(keep, kept, dropped), p)[..., :h, :w, :]
 
 
-def sample_training_frames(config, num_batches: int) -> np.ndarray:
+def sample_training_frames(config, train_dir, num_batches: int) -> np.ndarray:
   """``num_batches`` batches of training patches ``(N, 3, P, P, 3)`` uint8 from the run's data
-  pipeline (seed ``config.seed``, one shard: the same sample on every process)."""
+  pipeline on ``train_dir`` (resolved by :func:`hdr_jax.data.resolve_data`; None for
+  ``config.data.prepared``), seed ``config.seed``, one shard: the same sample on every process."""
   from hdr_jax import data
 
-  source = data.train_source(config, None if config.data.prepared else data.resolve_data(config)[0])
+  source = data.train_source(config, None if config.data.prepared else train_dir)
   it = data.make_train_iterator(source, patch_size=config.data.patch_size, global_batch_size=config.batch_size,
                                 seed=config.seed, num_workers=0)
   try:
@@ -220,22 +223,26 @@ class LdaeTask(Task):
                        f"patches, got {c.latent_dim}")
     if not len(c.sigmas) or min(c.sigmas) < 0:
       raise ValueError(f"config.ldae.sigmas must be a non-empty list of noise levels >= 0, got {c.sigmas}")
-    self.pca = None  # (components, mean, explained), fitted on first use
+    self.pca = None  # (components, mean, explained), fitted by prepare
 
-  def fit(self):
-    """Fits the PCA on training patches (once per task)."""
+  def prepare(self, train_dir) -> None:
+    """Fits the PCA on training patches of ``train_dir`` (once per task; the trainer calls it before the
+    bundle is built, outside any trace)."""
     if self.pca is None:
       c = self.config.ldae
-      with jax.ensure_compile_time_eval():  # create() is traced (jit); reading the data runs eagerly
-        frames = sample_training_frames(self.config, c.pca_batches)
+      frames = sample_training_frames(self.config, train_dir, c.pca_batches)
       self.pca = fit_frames_pca(frames, c.patch, c.latent_dim, c.pca_max_patches, self.config.seed)
-    return self.pca
 
   def create(self, key) -> LdaeBundle:
     k_model, k_head = jax.random.split(key)
     model = self.build_model(self.config.model, k_model)
     head = DecoderHead(self.config.ldae.decoder_channels, dtype=self.dtype, rngs=nnx.Rngs(params=k_head))
-    components, mean, _ = self.fit()
+    if self.pca is not None:
+      components, mean, _ = self.pca
+    else:  # not prepared: a bundle whose basis a checkpoint restores (same shapes)
+      c = self.config.ldae
+      dim = c.patch * c.patch * 3
+      components, mean = np.zeros((c.latent_dim, dim), np.float32), np.zeros((dim,), np.float32)
     return LdaeBundle(model, head, make_optimizer(self.config.optimizer, self.config.num_train_steps), components,
                       mean)
 

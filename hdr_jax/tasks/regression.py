@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from hdr_jax import hdr_math, pretrain
+from hdr_jax import hdr_math
 from hdr_jax.tasks.base import Task, make_optimizer
 
 
@@ -22,6 +22,8 @@ def set_mode(module: nnx.Module, train: bool) -> None:
 
 
 class RegressionTask(Task):
+  # config.init.feature_extractor: an l-DAE (or any HDR-VAM) workdir's model.fe starts this model.fe.
+  feature_extractor_paths = (("model", "fe"),)
 
   def create(self, key) -> RegressionBundle:
     model = self.build_model(self.config.model, key)
@@ -52,7 +54,3 @@ class RegressionTask(Task):
     Otsu masks threshold the whole frame, so it is not translation-local)."""
     radius = getattr(bundle.model, "receptive_radius", None)
     return radius() if callable(radius) else None
-
-  def load_feature_extractor(self, engine, state, workdir):
-    """Starts ``model.fe`` from an l-DAE (or any HDR-VAM) workdir (``config.init.feature_extractor``)."""
-    return pretrain.load_feature_extractor(engine, state, workdir)
