@@ -78,7 +78,7 @@ PIPELINE_ARGS=${PIPELINE_ARGS:---crops_per_scene=1}
 DIFFUSION_ARGS=${DIFFUSION_ARGS:---size=full --dtype=bfloat16 --repeats=2 --torch_steps=20 --torch_variants=eager,tuned}
 CMDBUF_ARGS=${CMDBUF_ARGS:---size=full --dtype=bfloat16 --repeats=2}
 QUALITY_ARGS=${QUALITY_ARGS:---train_steps=3000 --val_scenes=8 --seeds=0 --samplers=ddpm,ddim:50:1 \
---set=batch_size=32 --set=data.num_workers=4}
+--config.batch_size=32 --config.data.num_workers=4}
 log "gpu.sh $(date -u +%FT%TZ) in $PWD, OUT=$OUT, budget ${BUDGET}s"
 if command -v nvidia-smi > /dev/null; then
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv 2>&1 | tee -a "$LOG"

@@ -46,6 +46,9 @@ ratio >= 1.5.
   python benchmarks/models.py --models= --pipeline --consumption_from=benchmarks/out/models.json
   python benchmarks/models.py --summary=benchmarks/out/models.json     # print the tables of a JSON
 
+``--config.KEY=VALUE`` (repeatable) overrides a config value for every model, as the trainer's flag does;
+``--models=NAME@KEY=VALUE`` for one entry only.
+
 Writes JSON (``--json``, rewritten after every measurement so a killed run keeps what it measured) with
 the device, versions, date, settings, measured peaks and one row per (model, dtype, framework).
 """
@@ -102,31 +105,23 @@ def _error(e: BaseException) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def parse_sets(items) -> dict:
-  """``["model.polyphase=false"]`` -> ``{"model.polyphase": False}`` (JSON values where they parse)."""
-  out = {}
-  for item in items:
-    key, sep, value = item.partition("=")
-    if not sep:
-      raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
-    try:
-      out[key] = json.loads(value)
-    except json.JSONDecodeError:
-      out[key] = value
-  return out
-
-
 def split_model_spec(spec: str, overrides: dict) -> tuple[str, dict]:
   """``"ahdrnet@model.dense_form=scatter"`` -> ``("ahdrnet", {**overrides, "model.dense_form": "scatter"})``:
-  a config name with overrides of its own (``@KEY=VALUE``, repeatable), so one run can measure variants
-  of a model side by side."""
+  a config name with overrides of its own (``@KEY=VALUE``, repeatable: the per-entry form of
+  ``--config.KEY=VALUE``, values parsed the same way), so one run can measure variants of a model side by
+  side."""
+  from hdr_jax import cli
+
   name, *sets = spec.split("@")
-  return name, {**overrides, **parse_sets(sets)}
+  try:
+    return name, {**overrides, **cli.parse_overrides(sets, flag="@")}
+  except ValueError as e:
+    raise SystemExit(f"--models: {spec!r}: {e}") from None
 
 
 def load_config(name: str, dtype: str, batch: int, patch: int, overrides: dict):
   """``configs/<name>.py``'s config (``NAME:ARG``: its variant ``get_config(ARG)``, as ``diffusion:full``)
-  with ``dtype``, ``batch_size``, ``data.patch_size`` and ``--set``."""
+  with ``dtype``, ``batch_size``, ``data.patch_size`` and the overrides (``--config.KEY=VALUE``, ``NAME@KEY=VALUE``)."""
   from hdr_jax import config_base
 
   stem, _, arg = name.partition(":")
@@ -257,7 +252,8 @@ def infer_subprocess(name: str, dtype: str, args, timeout: float) -> dict:
   """:func:`jax_infer` in a fresh interpreter (its own device-memory high-water mark)."""
   cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker=infer", f"--models={name}", f"--dtypes={dtype}",
          f"--batch={args.batch}", f"--patch={args.patch}", f"--height={args.height}", f"--width={args.width}",
-         f"--repeats={args.repeats}", f"--warmup={args.warmup}", *[f"--set={s}" for s in args.set]]
+         f"--repeats={args.repeats}", f"--warmup={args.warmup}",
+         *[f"--config.{k}={json.dumps(v)}" for k, v in args.config_overrides.items()]]
   proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
   for line in proc.stdout.splitlines():
     if line.startswith(_MARK):
@@ -675,11 +671,18 @@ def _finite(r: dict) -> bool:
 
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  """The flags below, plus ``--config.KEY=VALUE`` (repeatable): a config override for every model, as the
+  trainer takes it (e.g. ``--config.model.polyphase=false``), parsed into the dict ``config_overrides``."""
+  from hdr_jax import cli
+
+  argv, config_overrides = cli.split_config_overrides(sys.argv[1:] if argv is None else list(argv))
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                              epilog="--config.KEY=VALUE (repeatable): a config override for every model, "
+                                     "e.g. --config.model.polyphase=false")
   p.add_argument("--models", default="ahdrnet,vam,vam_drdb",
                  help="configs/<name>.py, comma-separated; NAME:ARG takes the config's variant get_config(ARG) "
-                      "(e.g. diffusion:full); NAME@KEY=VALUE[@KEY=VALUE] adds overrides for that entry "
-                      "(e.g. ahdrnet@model.dense_form=scatter)")
+                      "(e.g. diffusion:full); NAME@KEY=VALUE[@KEY=VALUE] adds overrides for that entry only, "
+                      "the per-entry form of --config.KEY=VALUE (e.g. ahdrnet@model.dense_form=scatter)")
   p.add_argument("--dtypes", default="float32,bfloat16")
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--patch", type=int, default=256)
@@ -694,8 +697,6 @@ def parse_args(argv=None):
                       "PyTorch then runs last")
   p.add_argument("--inference", choices=("subprocess", "inprocess"), default="subprocess",
                  help="where full-frame inference runs (subprocess: its own memory high-water mark)")
-  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                 help="config override for every model, e.g. --set=model.polyphase=false")
   p.add_argument("--xla_defaults", action="store_true",
                  help="XLA's own CPU flags (default: the entry points' hdr_jax.cli.CPU_XLA_FLAGS)")
   p.add_argument("--torch", action="store_true", help="also the official PyTorch AHDRNet")
@@ -718,12 +719,17 @@ def parse_args(argv=None):
   p.add_argument("--json", default=str(ROOT / "benchmarks" / "out" / "models.json"))
   p.add_argument("--summary", default=None, help="print the tables of these JSON files (comma-separated) and exit")
   p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  try:
+    args.config_overrides = cli.parse_overrides(config_overrides)
+  except ValueError as e:
+    p.error(str(e))
+  return args
 
 
 def _worker_main(args) -> int:
   try:
-    name, overrides = split_model_spec(args.models, parse_sets(args.set))
+    name, overrides = split_model_spec(args.models, args.config_overrides)
     result = jax_infer(name, args.dtypes, args, overrides)
   except Exception as e:  # noqa: BLE001 - reported to the parent
     result = {"error": _error(e)}
@@ -752,7 +758,7 @@ def main(argv=None) -> dict | None:
   phases = [p for p in dict.fromkeys(args.phases.split(",")) if p]  # in the given order
   if not phases or set(phases) - {"train", "infer"}:
     raise SystemExit(f"--phases={args.phases!r}: expected train and/or infer")
-  overrides = parse_sets(args.set)
+  overrides = args.config_overrides
   device = common.device_info()
   report = {"date": common.utc_now(), "device": device, "versions": common.versions(),
             "git": common.git_revision(ROOT),

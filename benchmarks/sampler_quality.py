@@ -11,8 +11,10 @@ compiled program instead of compiling it again (tiny CPU check, DDIM-5 over two 
 scene on average against 20.3 s without the cache).
 
   python benchmarks/sampler_quality.py --workdir=/tmp/sq --train_steps=3000 --val_scenes=8    # GPU
-  python benchmarks/sampler_quality.py --workdir=/tmp/sq --train_steps=4 --val_scenes=1 \
-      --samplers=ddpm,ddim:5 --seeds=0 --set=diffusion.timesteps=20 --set=data.embedded.train_scenes=2  # check
+  python benchmarks/sampler_quality.py --workdir=/tmp/sq --train_steps=4 --val_scenes=1 --samplers=ddpm,ddim:5 \
+      --seeds=0 --config.diffusion.timesteps=20 --config.data.embedded.train_scenes=2  # check
+
+``--config.KEY=VALUE`` (repeatable) is handed to the trainer as it is.
 
 The issue's target: DDIM-50 within 0.5 dB PSNR-mu of 1000 ancestral steps.
 """
@@ -58,13 +60,17 @@ def train(args) -> None:
          f"--workdir={workdir}", f"--config.num_train_steps={args.train_steps}",
          f"--config.eval_every={args.train_steps}", f"--config.checkpoint_every={args.train_steps}",
          f"--config.data.embedded.val_scenes={args.val_scenes}", "--config.progress=False"]
-  cmd += [f"--config.{kv}" for kv in args.set]
+  cmd += args.config_overrides
   print("+", " ".join(cmd), flush=True)
   subprocess.run(cmd, check=True, cwd=ROOT)
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  from hdr_jax import cli
+
+  argv, overrides = cli.split_config_overrides(sys.argv[1:] if argv is None else list(argv))
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                              epilog="--config.KEY=VALUE (repeatable): a config override for the training run")
   p.add_argument("--workdir", required=True)
   p.add_argument("--config", default="diffusion", help="configs/<name>.py (a diffusion config)")
   p.add_argument("--train_steps", type=int, default=3000)
@@ -72,10 +78,9 @@ def main(argv=None):
   p.add_argument("--samplers", default="ddpm,ddim:50:1,ddim:25:1,ddim:50:0",
                  help="comma-separated ddpm | ddim:N | ddim:N:ETA; the first one is the reference")
   p.add_argument("--seeds", default="0,1", help="sampling seeds (config.seed at evaluation)")
-  p.add_argument("--set", action="append", default=[], help="extra config override KEY=VALUE (training)")
   p.add_argument("--json", default=str(ROOT / "benchmarks" / "out" / "sampler_quality.json"))
   args = p.parse_args(argv)
-  from hdr_jax import cli
+  args.config_overrides = [f"--config.{kv}" for kv in overrides]  # handed to the trainer as given
   cli.set_cpu_xla_flags()  # the entry points' CPU flags: same numbers as the CLI
   samplers = [parse_sampler(s) for s in args.samplers.split(",") if s]
   seeds = [int(s) for s in args.seeds.split(",") if s]

@@ -1,7 +1,8 @@
 """What the programs (``train``, ``evaluate``, ``predict``, ``convert``, the notebook API and the
 benchmarks) set up around the library, kept out of the engine so that building an Engine changes no
-process-wide state: the absl entry point (flag parsing, one-line errors, quiet logging), the ``--set``
-override flags, ``jax.distributed`` initialisation, and JAX's persistent compilation cache.
+process-wide state: the absl entry point (flag parsing, one-line errors, quiet logging), the
+``--config.KEY=VALUE`` overrides of the programs that load their config from a workdir,
+``jax.distributed`` initialisation, and JAX's persistent compilation cache.
 """
 
 from __future__ import annotations
@@ -83,12 +84,34 @@ def use_compilation_cache(config) -> str | None:
   return setup_compilation_cache(config.get("compilation_cache", "auto"))
 
 
-def parse_overrides(items) -> dict:
-  """``["a.b=1", "c=x"]`` (the ``--set`` flags) -> ``{"a.b": 1, "c": "x"}`` (JSON values where they parse)."""
+CONFIG_OVERRIDE = "--config."
+
+
+def split_config_overrides(argv) -> tuple[list, list]:
+  """``(argv without its --config.KEY=VALUE arguments, ["KEY=VALUE", ...])``; what follows ``--`` is left
+  alone. For the programs whose config comes from a workdir or a shipped model rather than a config
+  file (evaluate, predict, convert, the benchmarks): the trainer's ``--config.KEY=VALUE`` syntax, taken
+  out before absl or argparse sees the command line and applied to the loaded config
+  (:func:`parse_overrides`, ``config_base.apply_overrides``)."""
+  rest, items = [], []
+  for i, a in enumerate(argv):
+    if a == "--":
+      rest += argv[i:]
+      break
+    if a.startswith(CONFIG_OVERRIDE):
+      items.append(a[len(CONFIG_OVERRIDE):])
+    else:
+      rest.append(a)
+  return rest, items
+
+
+def parse_overrides(items, flag: str = CONFIG_OVERRIDE) -> dict:
+  """``["a.b=1", "c=x"]`` -> ``{"a.b": 1, "c": "x"}`` (JSON values where they parse); ``flag`` is how the
+  items were written, for the error message (``--config.`` for :func:`split_config_overrides`)."""
   out = {}
   for item in items:
     if "=" not in item:
-      raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+      raise ValueError(f"{flag}{item}: expected {flag}KEY=VALUE")
     k, v = item.split("=", 1)
     try:
       out[k] = json.loads(v)
@@ -121,14 +144,22 @@ def set_cpu_xla_flags(environ=None) -> str:
   return environ.get("XLA_FLAGS", "")
 
 
-def run_cli(body, argv=None, required=()) -> None:
+def run_cli(body, argv=None, required=(), config_overrides=False) -> None:
   """The absl entry point shared by train/evaluate/predict/convert: rejects stray arguments, checks
   ``required`` flags, quiets library logging, and turns an input problem (``DataError``,
   ``ValueError``, ``KeyError``, ``FloatingPointError``) into one ``error: ...`` line and exit code 1.
-  Sets the CPU XLA flags first (``set_cpu_xla_flags``)."""
+  Sets the CPU XLA flags first (``set_cpu_xla_flags``). With ``config_overrides`` (a program whose
+  config is loaded, not given as a config flag) the ``--config.KEY=VALUE`` arguments are taken out of
+  the command line before absl parses it (:func:`split_config_overrides`) and ``body`` is called with
+  them as a dict (:func:`parse_overrides`) to apply to the config it loads."""
   import sys
 
   from absl import app
+
+  argv = list(sys.argv if argv is None else argv)
+  items = []
+  if config_overrides:
+    argv, items = split_config_overrides(argv)
 
   def _main(args):
     if len(args) > 1:
@@ -138,7 +169,10 @@ def run_cli(body, argv=None, required=()) -> None:
       if f.value is None or f.value == "":
         raise app.UsageError(f"--{f.name} is required")
     try:
-      body()
+      if config_overrides:
+        body(parse_overrides(items))
+      else:
+        body()
     except (ValueError, KeyError, FloatingPointError) as e:  # DataError is a ValueError
       print(f"error: {e}", file=sys.stderr, flush=True)
       sys.exit(1)

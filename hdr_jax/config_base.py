@@ -94,7 +94,9 @@ def load_config_file(path, arg: str = "") -> ml_collections.ConfigDict:
 
 
 def apply_overrides(config, overrides: dict | None):
-  """Sets dotted keys (``{"model.gamma": 2.2}``) on a ConfigDict; a missing key is an error."""
+  """Sets dotted keys (``{"model.gamma": 2.2}``) on a ConfigDict (the ``--config.KEY=VALUE`` of the
+  programs that load a workdir's config). A missing parent or a value of the wrong type is an error; a
+  missing last key is added (``convert`` sets ``model.*`` keys that the base config lacks)."""
   for k, v in (overrides or {}).items():
     *path, last = k.split(".")
     node = config
@@ -103,5 +105,5 @@ def apply_overrides(config, overrides: dict | None):
         node = node[p]
       node[last] = v
     except (KeyError, AttributeError, TypeError) as e:
-      raise ValueError(f"--set {k}={v!r}: {e}") from None
+      raise ValueError(f"--config.{k}={v!r}: {e}") from None
   return config

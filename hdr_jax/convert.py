@@ -5,7 +5,7 @@ r"""Turns published weights into a hdr_jax workdir that ``evaluate`` and ``predi
 
 The official AHDRNet weights were trained on Kalantari's data (linear HDR in [0, 1], gamma 2.2), so
 the converted config uses ``model.gamma=2.2`` and the plain sigmoid head; override with
-``--set model.gamma=2.24`` etc. ``--protocol=sig17`` records the official convention for SIG17 scenes
+``--config.model.gamma=2.24`` etc. ``--protocol=sig17`` records the official convention for SIG17 scenes
 instead (``data.protocol='sig17'``, gamma 2.2, stops counted from the shortest frame, and the
 ``exposure`` head, whose output mapped back to the SIG17 label scale is the official sigmoid output;
 docs/sig17.md). PyTorch (extra ``hdr_jax[torch]``) is needed only for ``.pt`` files;
@@ -38,11 +38,10 @@ SOURCES = {
 
 def _define_flags():
   """Command-line flags, defined when the program runs (importing the module defines none)."""
-  global _FROM, _WEIGHTS, _WORKDIR, _SET, _PROTOCOL
+  global _FROM, _WEIGHTS, _WORKDIR, _PROTOCOL
   _FROM = flags.DEFINE_enum("from", None, list(SOURCES), "Kind of published weights.")
   _WEIGHTS = flags.DEFINE_string("weights", None, "The weights file (.pt/.pth state_dict or Keras .h5).")
   _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir to create (config.json + checkpoints/0).")
-  _SET = flags.DEFINE_multi_string("set", [], "Config overrides KEY=VALUE (e.g. model.gamma=2.24).")
   _PROTOCOL = flags.DEFINE_enum("protocol", "ntire", ["ntire", "sig17"], "Data convention the workdir records: "
                                 "ntire (default) or sig17 (official AHDRNet convention on SIG17 scenes).")
 
@@ -102,10 +101,9 @@ def convert(kind: str, weights, workdir, overrides: dict | None = None, protocol
 
 def main(argv=None):
   _define_flags()
-  cli.run_cli(
-      lambda: convert(_FROM.value, _WEIGHTS.value, _WORKDIR.value, cli.parse_overrides(_SET.value),
-                      _PROTOCOL.value),
-      argv, required=(_FROM, _WEIGHTS, _WORKDIR))
+  cli.run_cli(  # --config.KEY=VALUE overrides of the converted config (e.g. --config.model.gamma=2.24)
+      lambda overrides: convert(_FROM.value, _WEIGHTS.value, _WORKDIR.value, overrides, _PROTOCOL.value),
+      argv, required=(_FROM, _WEIGHTS, _WORKDIR), config_overrides=True)
 
 
 if __name__ == "__main__":

@@ -25,14 +25,13 @@ from hdr_jax import sig17
 
 def _define_flags():
   """Command-line flags, defined when the program runs (importing the module defines none)."""
-  global _WORKDIR, _DATA, _STEP, _MAX, _OUT, _SET
+  global _WORKDIR, _DATA, _STEP, _MAX, _OUT
   _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding config.json and checkpoints/.")
   _DATA = flags.DEFINE_string("data", None, "NTIRE or SIG17 folder with ground truth (default: the run's "
                               "validation data).")
   _STEP = flags.DEFINE_string("step", "latest", "Checkpoint step: an integer, 'latest' or 'best'.")
   _MAX = flags.DEFINE_integer("max_scenes", 0, "Evaluate at most this many scenes (0: all).")
   _OUT = flags.DEFINE_string("json", None, "Where to write the JSON (default WORKDIR/eval_<step>.json).")
-  _SET = flags.DEFINE_multi_string("set", [], "Config overrides KEY=VALUE (e.g. sampler.steps=50 for diffusion).")
 
 
 def format_table(rows, means) -> str:
@@ -72,9 +71,9 @@ def run(workdir, data=None, step="latest", max_scenes=0, json_path=None, overrid
 
 def main(argv=None):
   _define_flags()
-  cli.run_cli(
-      lambda: run(_WORKDIR.value, _DATA.value, _STEP.value, _MAX.value, _OUT.value,
-                  cli.parse_overrides(_SET.value)), argv, required=(_WORKDIR,))
+  cli.run_cli(  # --config.KEY=VALUE overrides of the workdir's config (e.g. --config.sampler.steps=50)
+      lambda overrides: run(_WORKDIR.value, _DATA.value, _STEP.value, _MAX.value, _OUT.value, overrides),
+      argv, required=(_WORKDIR,), config_overrides=True)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ radiance. On a SIG17 root each scene's linear HDR goes to ``OUTPUT/<scene id>.hd
 the id being the scene's folder path under INPUT. For brackets ``exr`` (default) or ``hdr`` linear
 radiance plus a tone-mapped ``NAME_preview.png``, predicted in tiles (the whole-frame result at the memory
 of one tile; :mod:`hdr_jax.tiling`). Full-resolution frames; ground truth in the input is not needed.
+``--config.KEY=VALUE`` (repeatable) overrides a value of the model's config, as for ``train`` (e.g.
+``--config.sampler.steps=50`` for a diffusion model).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from hdr_jax import sig17
 
 def _define_flags():
   """Command-line flags, defined when the program runs (importing the module defines none)."""
-  global _WORKDIR, _PRETRAINED, _INPUT, _OUTPUT, _FORMAT, _STEP, _SET, _EXPOSURES, _ALIGN, _TILE
+  global _WORKDIR, _PRETRAINED, _INPUT, _OUTPUT, _FORMAT, _STEP, _EXPOSURES, _ALIGN, _TILE
   _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding config.json and checkpoints/.")
   _PRETRAINED = flags.DEFINE_string("pretrained", None, "A model shipped in the package, instead of --workdir "
                                     "(hdr_jax.pretrained.available() lists them).")
@@ -52,7 +54,6 @@ def _define_flags():
   _TILE = flags.DEFINE_integer("tile", None, "Brackets: output pixels per tile side (default 512 for "
                                "translation-local models; 0 = the whole frame at once).")
   _STEP = flags.DEFINE_string("step", "latest", "Checkpoint step: an integer, 'latest' or 'best'.")
-  _SET = flags.DEFINE_multi_string("set", [], "Config overrides KEY=VALUE (e.g. sampler.steps=50 for diffusion).")
 
 
 def input_kind(input_dir) -> str:
@@ -135,10 +136,10 @@ def _run_brackets(workdir, input_dir, output_dir, fmt, step, overrides, pretrain
 
 def main(argv=None):
   _define_flags()
-  cli.run_cli(
-      lambda: run(_WORKDIR.value, _INPUT.value, _OUTPUT.value, _FORMAT.value, _STEP.value,
-                  cli.parse_overrides(_SET.value), _PRETRAINED.value, _EXPOSURES.value, _ALIGN.value,
-                  _TILE.value), argv, required=(_INPUT, _OUTPUT))
+  cli.run_cli(  # --config.KEY=VALUE overrides of the model's config (e.g. --config.sampler.steps=50)
+      lambda overrides: run(_WORKDIR.value, _INPUT.value, _OUTPUT.value, _FORMAT.value, _STEP.value, overrides,
+                            _PRETRAINED.value, _EXPOSURES.value, _ALIGN.value, _TILE.value),
+      argv, required=(_INPUT, _OUTPUT), config_overrides=True)
 
 
 if __name__ == "__main__":

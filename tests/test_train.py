@@ -146,6 +146,31 @@ def test_a_bad_config_override_is_one_line_naming_it(tmp_path, override, message
   assert not (tmp_path / "w" / "checkpoints").exists() or not any((tmp_path / "w" / "checkpoints").iterdir())
 
 
+def test_workdir_programs_take_config_overrides(tmp_path):
+  """evaluate, predict and convert take the trainer's ``--config.KEY=VALUE`` for the config they load:
+  taken out of the command line before absl parses it (JSON values where they parse); a malformed one
+  or one that does not fit the workdir's config is one error line naming it, exit code 1."""
+  from hdr_jax import checkpoint, cli, config_base
+
+  rest, items = cli.split_config_overrides(["prog", "--workdir=w", "--config.sampler.steps=50",
+                                            "--config.model.polyphase=false", "--config.data.root=/d", "--",
+                                            "--config.x=1"])
+  assert rest == ["prog", "--workdir=w", "--", "--config.x=1"]
+  assert cli.parse_overrides(items) == {"sampler.steps": 50, "model.polyphase": False, "data.root": "/d"}
+  wd = tmp_path / "w"
+  wd.mkdir()
+  checkpoint.save_config(wd, config_base.load_config_file(ROOT / "configs" / "ahdrnet.py"))
+  cases = [(["-m", "hdr_jax.evaluate", f"--workdir={wd}", "--config.nope.x=1"], "error: --config.nope.x=1: "),
+           (["-m", "hdr_jax.predict", f"--workdir={wd}", f"--input={tmp_path}", f"--output={tmp_path / 'o'}",
+             "--config.sampler.steps"], "error: --config.sampler.steps: expected --config.KEY=VALUE"),
+           (["-m", "hdr_jax.convert", "--from=ahdrnet-pytorch", f"--weights={tmp_path / 'x.pt'}",
+             f"--workdir={tmp_path / 'c'}", "--config.model.gamma"], "error: --config.model.gamma: expected")]
+  for args, message in cases:
+    proc = run(args, tmp_path / "cache", check=False)
+    assert proc.returncode == 1 and message in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-2000:]
+
+
 @pytest.mark.slow
 def test_entry_points_end_to_end(tmp_path):
   cache, wd = tmp_path / "cache", tmp_path / "run"
