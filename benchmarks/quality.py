@@ -217,13 +217,12 @@ def make_eval_sets(args) -> dict:
 def scene_baselines(eval_dirs: dict) -> dict:
   """Per level: mean metrics of the medium frame and the classical merge over the level's scenes."""
   from hdr_jax import evaluation
-  from hdr_jax import io as hio
-
+  from hdr_jax import fileio
   out = {}
   for level, folder in eval_dirs.items():
     rows = {"medium": [], "merge": []}
-    for s in hio.validate_folder(folder, require_gt=True):
-      d = hio.read_scene(s)
+    for s in fileio.validate_folder(folder, require_gt=True):
+      d = fileio.read_scene(s)
       for name, pred in baseline_predictions(d).items():
         rows[name].append(evaluation.scene_metrics(d["gt"], pred))
     out[level] = {name: {k: float(np.mean([r[k] for r in r_])) for k in METRICS} for name, r_ in rows.items()}
@@ -239,11 +238,10 @@ def _tonemap(img, ref):
 def pick_crop(eval_dir, crop: int) -> dict:
   """The scene and ``crop`` x ``crop`` window (stride crop/2) where the classical merge is worst
   (mean absolute difference of the tone-mapped merge and target)."""
-  from hdr_jax import io as hio
-
+  from hdr_jax import fileio
   best = None
-  for s in hio.validate_folder(eval_dir, require_gt=True):
-    d = hio.read_scene(s)
+  for s in fileio.validate_folder(eval_dir, require_gt=True):
+    d = fileio.read_scene(s)
     h, w = d["gt"].shape[:2]
     c = min(crop, h, w)
     err = np.abs(_tonemap(merge_exposures(d["frames"], d["exposures"]), d["gt"]) - _tonemap(d["gt"], d["gt"])).mean(-1)
@@ -261,11 +259,10 @@ def model_prediction(workdir, scene, overrides) -> np.ndarray:
 
   from hdr_jax import cli
   from hdr_jax import engine as engine_lib
-  from hdr_jax import io as hio
-
+  from hdr_jax import fileio
   config, engine, state, _ = engine_lib.load_from_workdir(workdir, "latest", overrides,
                                                           prepare=cli.use_compilation_cache)
-  d = hio.read_scene(scene)
+  d = fileio.read_scene(scene)
   frames = np.round(d["frames"] * 255).astype(np.uint8)[None]
   return engine.predict(state, frames, d["exposures"][None], jax.random.key(config.seed))[0]
 
@@ -276,7 +273,7 @@ LABEL_SCALE, LABEL_LINE = 0.35, 13  # cv2.FONT_HERSHEY_SIMPLEX scale and line he
 def wrap_label(name: str, width: int) -> list[str]:
   """``name`` in lines that each fit ``width`` pixels at the label font: breaks at spaces, and inside a
   word only when the word alone is wider than a column."""
-  from hdr_jax.io import cv2
+  from hdr_jax.fileio import cv2
 
   def fits(text):
     return cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, LABEL_SCALE, 1)[0][0] <= width
@@ -296,8 +293,8 @@ def wrap_label(name: str, width: int) -> list[str]:
 
 def write_figure(path: Path, crops: dict, columns: list[str]) -> None:
   """Rows = levels, columns = inputs, methods, target; labels drawn with cv2.putText."""
-  from hdr_jax import io as hio
-  from hdr_jax.io import cv2
+  from hdr_jax import fileio
+  from hdr_jax.fileio import cv2
 
   rows = []
   for level, tiles in crops.items():
@@ -317,19 +314,18 @@ def write_figure(path: Path, crops: dict, columns: list[str]) -> None:
   for r, level in enumerate(crops):  # the row's level and scene id on its first tile, white on black outline
     for colour, thickness in (((0, 0, 0), 3), ((255, 255, 255), 1)):
       cv2.putText(grid, level, (3, (r + 1) * tile - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.35, colour, thickness, cv2.LINE_AA)
-  hio.write_ldr_png(path, np.concatenate([header, grid], axis=0))
+  fileio.write_ldr_png(path, np.concatenate([header, grid], axis=0))
 
 
 def figure_tiles(eval_dirs: dict, crop: int, runs: list[dict]) -> tuple[dict, list[str]]:
-  from hdr_jax import io as hio
-
+  from hdr_jax import fileio
   first_seed = {}
   for r in runs:
     first_seed.setdefault(r["method"], r)
   crops, columns = {}, None
   for level, folder in eval_dirs.items():
     at = pick_crop(folder, crop)
-    d = hio.read_scene(at["scene"])
+    d = fileio.read_scene(at["scene"])
     sl = np.s_[at["y"]:at["y"] + at["size"], at["x"]:at["x"] + at["size"]]
     gt = d["gt"][sl]
     tiles = {"short": d["frames"][0][sl], "medium": d["frames"][1][sl], "long": d["frames"][2][sl],
@@ -413,8 +409,7 @@ def _machine() -> str:
 
 
 def write_report(args, runs, baselines, notes, figure=None) -> dict:
-  from hdr_jax import io as hio
-
+  from hdr_jax import fileio
   report = {"setup": {"date": datetime.date.today().isoformat(), "machine": _machine(), "steps": args.steps,
                       "size": args.size, "batch": args.batch, "crops_per_scene": args.crops_per_scene,
                       "seeds": args.seeds, "models": args.models,
@@ -425,8 +420,8 @@ def write_report(args, runs, baselines, notes, figure=None) -> dict:
                       "levels": args.levels, "command": sys.argv},
             "baselines": baselines, "table": summarise(runs, baselines), "runs": runs, "notes": notes,
             "figure": str(figure) if figure else None}
-  hio.atomic_write_bytes(args.out / "quality.json", json.dumps(report, indent=2).encode())
-  hio.atomic_write_bytes(args.out / "quality.md", markdown(report).encode())
+  fileio.atomic_write_bytes(args.out / "quality.json", json.dumps(report, indent=2).encode())
+  fileio.atomic_write_bytes(args.out / "quality.md", markdown(report).encode())
   return report
 
 

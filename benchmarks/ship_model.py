@@ -36,16 +36,15 @@ SLICE = dict(level="hard", height=64, width=96, seed=1234)
 def slice_score(name: str, photo: Path, folder: Path) -> float:
   """PSNR-mu of the shipped model ``name`` on the one-scene slice, through the predict CLI."""
   from hdr_jax import hdr_math, synthesize
-  from hdr_jax import io as hio
-
+  from hdr_jax import fileio
   scenes = folder / "in"
   synthesize.synthesize_folder(scenes, 1, SLICE["height"], SLICE["width"], hdr_files=[photo], seed=SLICE["seed"],
                                verbose=False, **quality.LEVELS[SLICE["level"]])
   out = folder / "out"
   subprocess.run([sys.executable, "-m", "hdr_jax.predict", f"--pretrained={name}", f"--input={scenes}",
                   f"--output={out}"], cwd=ROOT, check=True)
-  gt = hio.read_scene(hio.validate_folder(scenes, require_gt=True)[0])["gt"]
-  return float(hdr_math.np_psnr_mu(gt, hio.read_hdr_png16(out / "0000.png", out / "0000_alignratio.npy")))
+  gt = fileio.read_scene(fileio.validate_folder(scenes, require_gt=True)[0])["gt"]
+  return float(hdr_math.np_psnr_mu(gt, fileio.read_hdr_png16(out / "0000.png", out / "0000_alignratio.npy")))
 
 
 def print_table(name: str, card: dict) -> None:

@@ -28,7 +28,7 @@ import numpy as np
 
 from hdr_jax import brackets as brackets_lib
 from hdr_jax import hdr_math
-from hdr_jax import io as hio
+from hdr_jax import fileio
 from hdr_jax import tiling
 
 Bracket = brackets_lib.Bracket
@@ -132,7 +132,7 @@ def load(workdir=None, *, pretrained: str | None = None, step: int | str = "late
 
   if (workdir is None) == (pretrained is None):
     raise ValueError("give exactly one of a workdir (a training run) and pretrained= (a shipped model)")
-  if workdir is not None and not hio.is_remote(workdir) and not Path(workdir).exists() \
+  if workdir is not None and not fileio.is_remote(workdir) and not Path(workdir).exists() \
       and str(workdir) in pretrained_lib.available():
     pretrained, workdir = str(workdir), None
   if pretrained is not None:

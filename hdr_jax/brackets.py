@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hdr_jax import io as hio
+from hdr_jax import fileio
 from hdr_jax.constants import GAMMA
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
@@ -80,20 +80,20 @@ def discover(path) -> list[Path]:
   that do (sorted by name). Each must hold exactly three frames: a ``DataError`` naming it otherwise."""
   path = Path(path)
   if not path.is_dir():
-    raise hio.DataError(path, "folder does not exist")
+    raise fileio.DataError(path, "folder does not exist")
   folders = [path] if image_files(path) else sorted(
       p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".") and image_files(p))
   if not folders:
-    raise hio.DataError(path, f"no bracket found: expected three image files ({', '.join(IMAGE_SUFFIXES)}) "
+    raise fileio.DataError(path, f"no bracket found: expected three image files ({', '.join(IMAGE_SUFFIXES)}) "
                         "in the folder or in each of its subfolders")
   for folder in folders:
     files = image_files(folder)
     if any(p.name.endswith("_short.png") and (folder / p.name.replace("_short.png", "_exposures.npy")).is_file()
            for p in files):
-      raise hio.DataError(folder, "holds NTIRE scene files (NNNN_short.png ...): give this folder itself as the input")
+      raise fileio.DataError(folder, "holds NTIRE scene files (NNNN_short.png ...): give this folder itself as the input")
     if len(files) != 3:
       shown = ", ".join(p.name for p in files[:6]) + (", ..." if len(files) > 6 else "")
-      raise hio.DataError(folder, f"a bracket is three frames, found {len(files)} image file(s) ({shown})")
+      raise fileio.DataError(folder, f"a bracket is three frames, found {len(files)} image file(s) ({shown})")
   return folders
 
 
@@ -154,14 +154,14 @@ def exif_exposures(files) -> np.ndarray:
   exif = [read_exif_exposure(Path(f)) for f in files]
   for f, e in zip(files, exif):
     if e["time"] is None:
-      raise hio.DataError(f, "no EXIF exposure time: give the bracket's exposures in stops with "
+      raise fileio.DataError(f, "no EXIF exposure time: give the bracket's exposures in stops with "
                           "--exposures=S1,S2,S3 (file-name order, e.g. -2,0,2)")
   values = {}
   for key, default in (("iso", 100.0), ("f_number", 1.0)):
     known = [e[key] is not None for e in exif]
     if any(known) and not all(known):
       missing = next(f for f, k in zip(files, known) if not k)
-      raise hio.DataError(missing, f"EXIF has no {'ISO' if key == 'iso' else 'FNumber'} while the other "
+      raise fileio.DataError(missing, f"EXIF has no {'ISO' if key == 'iso' else 'FNumber'} while the other "
                           "frames of its bracket do: give the exposures with --exposures=S1,S2,S3")
     values[key] = [e[key] if e[key] is not None else default for e in exif]
   return np.asarray([exposure_value(e["time"], s, n) for e, s, n in zip(exif, values["iso"], values["f_number"])],
@@ -176,7 +176,7 @@ def sort_by_exposure(files, exposures) -> tuple[tuple[Path, ...], np.ndarray]:
   files, exposures = tuple(Path(files[i]) for i in order), exposures[order]
   for a, b, ea, eb in zip(files, files[1:], exposures, exposures[1:]):
     if eb - ea < 1e-3:
-      raise hio.DataError(a.parent, f"{a.name} and {b.name} have the same exposure ({ea:+.2f} stops): "
+      raise fileio.DataError(a.parent, f"{a.name} and {b.name} have the same exposure ({ea:+.2f} stops): "
                           "a bracket needs three different exposures")
   return files, (exposures - exposures[1]).astype(np.float32)
 
@@ -192,13 +192,13 @@ def read_frame(path) -> np.ndarray:
 
   path = Path(path)
   if not path.is_file():
-    raise hio.DataError(path, "file is missing")
+    raise fileio.DataError(path, "file is missing")
   data = np.fromfile(path, np.uint8)
   img = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH) if data.size else None
   if img is None:
-    raise hio.DataError(path, "cannot be read as an image (unreadable, truncated or not a JPEG/PNG/TIFF)")
+    raise fileio.DataError(path, "cannot be read as an image (unreadable, truncated or not a JPEG/PNG/TIFF)")
   if img.dtype not in (np.uint8, np.uint16):
-    raise hio.DataError(path, f"{img.dtype} pixels: frames must be 8-bit or 16-bit images")
+    raise fileio.DataError(path, f"{img.dtype} pixels: frames must be 8-bit or 16-bit images")
   return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
@@ -210,7 +210,7 @@ def read_bracket(folder, exposures=None, align: str = DEFAULT_ALIGN, gamma: floa
   (see the module docstring)."""
   folder = Path(folder)
   if not folder.is_dir() or not image_files(folder):
-    raise hio.DataError(folder, "not a bracket folder (three JPEG, PNG or TIFF frames)")
+    raise fileio.DataError(folder, "not a bracket folder (three JPEG, PNG or TIFF frames)")
   if align not in ALIGN_METHODS:
     raise ValueError(f"align={align!r}: choose one of {', '.join(ALIGN_METHODS)}")
   (folder,) = discover(folder)
@@ -225,10 +225,10 @@ def read_bracket(folder, exposures=None, align: str = DEFAULT_ALIGN, gamma: floa
   frames = [read_frame(f) for f in files]
   for f, img in zip(files[1:], frames[1:]):
     if img.shape != frames[0].shape:
-      raise hio.DataError(f, f"frame is {img.shape[1]}x{img.shape[0]}, {files[0].name} is "
+      raise fileio.DataError(f, f"frame is {img.shape[1]}x{img.shape[0]}, {files[0].name} is "
                           f"{frames[0].shape[1]}x{frames[0].shape[0]}: the three frames must have the same size")
     if img.dtype != frames[0].dtype:
-      raise hio.DataError(f, f"frame is {img.dtype.itemsize * 8}-bit, {files[0].name} is "
+      raise fileio.DataError(f, f"frame is {img.dtype.itemsize * 8}-bit, {files[0].name} is "
                           f"{frames[0].dtype.itemsize * 8}-bit: the three frames must have the same depth")
   frames, _ = align_frames(np.stack(frames), ev, align, gamma, where=str(folder))
   return Bracket(frames, ev, files, folder.name)
@@ -369,7 +369,7 @@ def align_frames(frames: np.ndarray, exposures, method: str = DEFAULT_ALIGN, gam
     try:
       warp = _ecc_warp(ref, mov, motion)
     except cv2.error:
-      raise hio.DataError(where, f"--align={method} did not converge for the {('short', '', 'long')[i]} frame "
+      raise fileio.DataError(where, f"--align={method} did not converge for the {('short', '', 'long')[i]} frame "
                           "(too little texture or too much motion): try --align=mtb or --align=none") from None
     motions[i] = warp
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP  # warp maps reference pixels to moving ones
@@ -408,12 +408,12 @@ def check_inputs(input_dir, exposures=None) -> list[tuple[Path, np.ndarray]]:
         with Image.open(f) as im:
           sizes.append(im.size)
       except UnidentifiedImageError:
-        raise hio.DataError(f, "cannot be read as an image (not a JPEG, PNG or TIFF file, or a damaged one)") from None
+        raise fileio.DataError(f, "cannot be read as an image (not a JPEG, PNG or TIFF file, or a damaged one)") from None
       except (OSError, ValueError, SyntaxError) as e:
-        raise hio.DataError(f, f"cannot be read as an image ({e})") from None
+        raise fileio.DataError(f, f"cannot be read as an image ({e})") from None
     for f, size in zip(files[1:], sizes[1:]):
       if size != sizes[0]:
-        raise hio.DataError(f, f"frame is {size[0]}x{size[1]}, {files[0].name} is {sizes[0][0]}x{sizes[0][1]}: "
+        raise fileio.DataError(f, f"frame is {size[0]}x{size[1]}, {files[0].name} is {sizes[0][0]}x{sizes[0][1]}: "
                             "the three frames must have the same size")
     ev = given if given is not None else exif_exposures(files)
     sort_by_exposure(files, ev)  # three different exposures
@@ -445,10 +445,10 @@ def predict_folder(model, input_dir, output_dir, fmt: str = "exr", exposures=Non
     hdr = model.predict(bracket.frames, bracket.exposures, tile=tile)
     paths = [Path(output_dir) / f"{bracket.name}.{fmt}", Path(output_dir) / f"{bracket.name}_preview.png"]
     try:
-      hio.write_hdr_image(paths[0], hdr)
-      hio.write_ldr_png(paths[1], hdr_math.np_reinhard_tonemap(hdr))
+      fileio.write_hdr_image(paths[0], hdr)
+      fileio.write_ldr_png(paths[1], hdr_math.np_reinhard_tonemap(hdr))
     except OSError as e:  # each file is atomic, so what is there is complete
-      raise hio.DataError(Path(output_dir).absolute(), f"cannot write the result of {folder} "
+      raise fileio.DataError(Path(output_dir).absolute(), f"cannot write the result of {folder} "
                           f"({e.strerror or e}); the {len(written)} file(s) written before it are complete") from None
     written += paths
     if verbose:

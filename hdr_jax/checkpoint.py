@@ -24,31 +24,30 @@ import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 from flax import nnx
 
-from hdr_jax import io as hio
-
+from hdr_jax import fileio
 CONFIG_FILE = "config.json"
 
 
 def save_config(workdir, config) -> None:
   if jax.process_index() == 0:
-    hio.atomic_write_bytes(hio.workdir_path(workdir) / CONFIG_FILE, config.to_json_best_effort(indent=2).encode())
+    fileio.atomic_write_bytes(fileio.workdir_path(workdir) / CONFIG_FILE, config.to_json_best_effort(indent=2).encode())
 
 
 def load_config(workdir) -> ml_collections.ConfigDict:
-  path = hio.workdir_path(workdir) / CONFIG_FILE
+  path = fileio.workdir_path(workdir) / CONFIG_FILE
   if not path.is_file():
-    raise hio.DataError(path, "file is missing: not a hdr_jax workdir (train or convert writes it)")
+    raise fileio.DataError(path, "file is missing: not a hdr_jax workdir (train or convert writes it)")
   try:
     return ml_collections.ConfigDict(json.loads(path.read_text()))
   except json.JSONDecodeError as e:
-    raise hio.DataError(path, f"not valid JSON ({e})") from None
+    raise fileio.DataError(path, f"not valid JSON ({e})") from None
 
 
-class DamagedCheckpoint(hio.DataError):
+class DamagedCheckpoint(fileio.DataError):
   """A checkpoint step that cannot be read: truncated or overwritten files, a missing item."""
 
 
-class CheckpointMismatch(hio.DataError):
+class CheckpointMismatch(fileio.DataError):
   """A readable checkpoint of another model: its stored array names or shapes differ."""
 
 
@@ -137,7 +136,7 @@ class Checkpoints:
   """Save/restore ``(state, meta, data iterator)`` per step."""
 
   def __init__(self, workdir, keep: int = 3, best_metric: str = "psnr_mu", read_only: bool = False):
-    self.directory = hio.workdir_path(workdir) / "checkpoints"
+    self.directory = fileio.workdir_path(workdir) / "checkpoints"
     self.best_metric = best_metric
     policy = ocp.checkpoint_managers.AnyPreservationPolicy([
         ocp.checkpoint_managers.LatestN(n=keep),
@@ -152,7 +151,7 @@ class Checkpoints:
         preservation_policy=None if read_only else policy, create=not read_only, read_only=read_only,
         enable_async_checkpointing=False)
     if read_only and not self.directory.is_dir():
-      raise hio.DataError(self.directory, "no checkpoints folder: nothing has been saved in this workdir")
+      raise fileio.DataError(self.directory, "no checkpoints folder: nothing has been saved in this workdir")
     import grain
 
     # Every item's handler is named, so the manager can also answer metadata questions (``stored_tree``)
@@ -225,7 +224,7 @@ class Checkpoints:
     import grain
 
     if step not in self.all_steps():
-      raise hio.DataError(self.directory / str(step), f"no checkpoint at step {step} (have {self.all_steps()})")
+      raise fileio.DataError(self.directory / str(step), f"no checkpoint at step {step} (have {self.all_steps()})")
     path = self.directory / str(step)
     _quiet_closed_loop_callbacks()
     pure = state.to_pure_dict()

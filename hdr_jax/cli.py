@@ -13,8 +13,7 @@ from pathlib import Path
 
 import jax
 
-from hdr_jax import io as hio
-
+from hdr_jax import fileio
 _MULTIPROCESS_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "MEGASCALE_COORDINATOR_ADDRESS",
                      "TPU_WORKER_HOSTNAMES", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
 
@@ -64,10 +63,8 @@ def setup_compilation_cache(setting="auto") -> str | None:
   if setting.lower() == "auto":
     if jax.default_backend() == "cpu":
       return None
-    from hdr_jax import synthesize
-
-    setting = str(synthesize.default_cache_dir() / "xla")
-  if not hio.is_remote(setting):
+    setting = str(fileio.default_cache_dir() / "xla")
+  if not fileio.is_remote(setting):
     try:
       Path(setting).expanduser().mkdir(parents=True, exist_ok=True)
     except OSError as e:

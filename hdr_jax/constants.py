@@ -1,7 +1,7 @@
 """The shared numeric constants of hdr_jax, in one place.
 
 Pure Python (no NumPy, no JAX), so that every module can import it, including those that must stay
-free of JAX (:mod:`hdr_jax.synthesize`, :mod:`hdr_jax.brackets`, :mod:`hdr_jax.sig17`, :mod:`hdr_jax.io`)
+free of JAX (:mod:`hdr_jax.synthesize`, :mod:`hdr_jax.brackets`, :mod:`hdr_jax.sig17`, :mod:`hdr_jax.fileio`)
 and the benchmarks' PyTorch peers. :mod:`hdr_jax.hdr_math` re-exports them under the same names.
 """
 

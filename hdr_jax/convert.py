@@ -23,7 +23,7 @@ from flax import nnx
 from hdr_jax import checkpoint as ckpt_lib
 from hdr_jax import cli, config_base
 from hdr_jax import engine as engine_lib
-from hdr_jax import io as hio
+from hdr_jax import fileio
 from hdr_jax import sig17
 from hdr_jax.config_base import get_base_config
 from hdr_jax.constants import SIG17_GAMMA
@@ -70,9 +70,9 @@ def convert(kind: str, weights, workdir, overrides: dict | None = None, protocol
   ``protocol='sig17'`` records the official convention for SIG17 scenes (see the module docstring)."""
   weights, workdir = Path(weights), Path(workdir)
   if not weights.is_file():
-    raise hio.DataError(weights, "file is missing")
+    raise fileio.DataError(weights, "file is missing")
   if (workdir / "checkpoints").is_dir() and any((workdir / "checkpoints").iterdir()):
-    raise hio.DataError(workdir, "workdir already holds checkpoints; choose a new --workdir")
+    raise fileio.DataError(workdir, "workdir already holds checkpoints; choose a new --workdir")
   model_name, model_overrides = SOURCES[kind]
   config = get_base_config()
   config.model.name = model_name

@@ -42,8 +42,7 @@ from typing import Iterator
 import grain
 import numpy as np
 
-from hdr_jax import io
-
+from hdr_jax import fileio
 _DATASET_NAME = "ntire_hdr"
 _VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
 
@@ -57,19 +56,19 @@ class NtireSource:
   """Random access over the scenes of an NTIRE folder (validated up front; PNGs decoded per access)."""
 
   def __init__(self, folder, *, require_gt: bool = True, decode: bool | None = None):
-    """``decode`` as in :func:`hdr_jax.io.validate_folder` (None: decode everything in small folders)."""
+    """``decode`` as in :func:`hdr_jax.fileio.validate_folder` (None: decode everything in small folders)."""
     self.folder = Path(folder)
-    self.scenes = io.validate_folder(folder, require_gt=require_gt, decode=decode)
-    self.frame_sizes = [(i.height, i.width) for i in (io.png_info(s.frames[0]) for s in self.scenes)]
+    self.scenes = fileio.validate_folder(folder, require_gt=require_gt, decode=decode)
+    self.frame_sizes = [(i.height, i.width) for i in (fileio.png_info(s.frames[0]) for s in self.scenes)]
 
   def __len__(self) -> int:
     return len(self.scenes)
 
   def __getitem__(self, index: int) -> dict:
-    raw = io.read_scene_stored(self.scenes[index])
+    raw = fileio.read_scene_stored(self.scenes[index])
     out = {"frames": raw["frames"], "exposures": raw["exposures"], "id": raw["id"], "index": int(index)}
     if "gt_png16" in raw:
-      out["gt"] = io.png16_to_hdr(raw["gt_png16"], raw["alignratio"])
+      out["gt"] = fileio.png16_to_hdr(raw["gt_png16"], raw["alignratio"])
     return out
 
   def describe(self, index: int) -> str:
@@ -95,7 +94,7 @@ def find_prepared(data_dir, split: str = "train") -> tuple[Path, list[Path]]:
       version_dir = versions[-1]
       break
   if version_dir is None:
-    raise io.DataError(root, f"no prepared dataset here: neither tiles.json (`python -m hdr_jax.tiles --input=... "
+    raise fileio.DataError(root, f"no prepared dataset here: neither tiles.json (`python -m hdr_jax.tiles --input=... "
                        f"--output=...`) nor a {_DATASET_NAME} dataset_info.json "
                        "(`python -m hdr_jax.tfds_ntire --manual_dir=... --data_dir=...`)")
   pattern = re.compile(rf"^{_DATASET_NAME}-(\w+)\.array_record-(\d{{5}})-of-(\d{{5}})$")
@@ -104,11 +103,11 @@ def find_prepared(data_dir, split: str = "train") -> tuple[Path, list[Path]]:
     if m := pattern.match(p.name):
       shards.setdefault(m.group(1), []).append(p)
   if split not in shards:
-    raise io.DataError(version_dir, f"no ArrayRecord files for split {split!r} (splits here: {sorted(shards)})")
+    raise fileio.DataError(version_dir, f"no ArrayRecord files for split {split!r} (splits here: {sorted(shards)})")
   files = sorted(shards[split])
   total = int(pattern.match(files[0].name).group(3))
   if len(files) != total:
-    raise io.DataError(version_dir, f"split {split!r} is incomplete: {len(files)} of {total} shard files")
+    raise fileio.DataError(version_dir, f"split {split!r} is incomplete: {len(files)} of {total} shard files")
   return version_dir, files
 
 
@@ -167,7 +166,7 @@ class PreparedSource:
       try:
         raw = parse_example(raw)
       except (ValueError, IndexError, KeyError, TypeError) as e:
-        raise io.DataError(self.describe(index), f"corrupt record ({e})") from None
+        raise fileio.DataError(self.describe(index), f"corrupt record ({e})") from None
     out = {"frames": raw["frames"], "exposures": np.asarray(raw["exposures"], np.float32),
            "id": raw["id"].decode() if isinstance(raw["id"], bytes) else str(raw["id"]), "index": int(index)}
     if raw["has_gt"]:
@@ -303,7 +302,7 @@ def resolve_data(config) -> tuple[Path | None, Path]:
   from hdr_jax import synthesize
 
   e = d.embedded
-  cache = Path(d.cache_dir) if d.cache_dir else synthesize.default_cache_dir()
+  cache = Path(d.cache_dir) if d.cache_dir else fileio.default_cache_dir()
   hdr_files = tuple(str(Path(p)) for p in e.hdr_files)
   tag = "proc"
   if any(p != synthesize.PROCEDURAL for p in hdr_files):  # the maps' names in short: other maps, other folder
@@ -340,10 +339,10 @@ def random_patch(element: dict, rng: np.random.Generator, *, patch_size: int, au
   horizontal flip; a vertical flip is the horizontal flip of the 180-degree rotation), applied to all."""
   frames, p = element["frames"], patch_size
   if "gt" not in element:
-    raise io.DataError(f"scene {element['id']}", "has no ground truth; training needs NNNN_gt.png")
+    raise fileio.DataError(f"scene {element['id']}", "has no ground truth; training needs NNNN_gt.png")
   h, w = frames.shape[1:3]
   if h < p or w < p:
-    raise io.DataError(f"scene {element['id']}", f"frames are {h}x{w}, smaller than the {p}x{p} training patch")
+    raise fileio.DataError(f"scene {element['id']}", f"frames are {h}x{w}, smaller than the {p}x{p} training patch")
   top, left = int(rng.integers(0, h - p + 1)), int(rng.integers(0, w - p + 1))
   frames = frames[:, top:top + p, left:left + p]
   gt = element["gt"][top:top + p, left:left + p]
@@ -386,7 +385,7 @@ def _check_frame_sizes(source, patch_size: int) -> None:
   """Fails before training when a source knows its frame sizes (NtireSource) and one is too small."""
   for i, (h, w) in enumerate(getattr(source, "frame_sizes", ())):
     if h < patch_size or w < patch_size:
-      raise io.DataError(source.describe(i), f"frames are {h}x{w}, smaller than the "
+      raise fileio.DataError(source.describe(i), f"frames are {h}x{w}, smaller than the "
                          f"{patch_size}x{patch_size} training patch")
 
 

@@ -18,7 +18,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from hdr_jax import config_base, hdr_math
-from hdr_jax import io as hio
+from hdr_jax import fileio
 from hdr_jax import tasks
 
 
@@ -183,7 +183,7 @@ def load_from_workdir(workdir, step: int | str | None = None, config_overrides: 
   else:
     chosen = int(step)
   if chosen is None:
-    raise hio.DataError(ckpts.directory, "no checkpoint found in this workdir")
+    raise fileio.DataError(ckpts.directory, "no checkpoint found in this workdir")
   if prepare is not None:
     prepare(config)
   engine = Engine(config)
@@ -194,7 +194,7 @@ def load_from_workdir(workdir, step: int | str | None = None, config_overrides: 
     others = [s for s in ckpts.all_steps() if s != chosen]
     hint = (f"use --step={others[-1]} (available: {', '.join(map(str, others))})" if others
             else "no other checkpoint in this workdir")
-    raise hio.DataError(e.path, f"{e.problem}; {hint}") from None
+    raise fileio.DataError(e.path, f"{e.problem}; {hint}") from None
   finally:
     ckpts.close()
   return config, engine, state, chosen

@@ -19,7 +19,7 @@ from absl import flags
 from hdr_jax import cli
 from hdr_jax import engine as engine_lib
 from hdr_jax import evaluation
-from hdr_jax import io as hio
+from hdr_jax import fileio
 from hdr_jax import sig17
 
 
@@ -59,12 +59,12 @@ def run(workdir, data=None, step="latest", max_scenes=0, json_path=None, overrid
   if max_scenes:
     scenes = scenes[:max_scenes]
   means, rows = evaluation.evaluate_scenes(engine, state, scenes, key=jax.random.key(config.seed))
-  result = {"workdir": str(hio.workdir_path(workdir)), "step": chosen, "data": str(folder.absolute()),
+  result = {"workdir": str(fileio.workdir_path(workdir)), "step": chosen, "data": str(folder.absolute()),
             "model": config.model.name, "mean": means, "scenes": rows}
   if jax.process_index() == 0:
     print(format_table(rows, means))
-    out = hio.workdir_path(json_path) if json_path else hio.workdir_path(workdir) / f"eval_{chosen}.json"
-    hio.atomic_write_bytes(out, json.dumps(result, indent=2).encode())
+    out = fileio.workdir_path(json_path) if json_path else fileio.workdir_path(workdir) / f"eval_{chosen}.json"
+    fileio.atomic_write_bytes(out, json.dumps(result, indent=2).encode())
     print(f"wrote {out}")
   return result
 

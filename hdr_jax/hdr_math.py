@@ -402,7 +402,7 @@ def np_ssim_255(a, b, size: int = 11, sigma: float = 1.5) -> float:
   Gaussian, ``cv2.getGaussianKernel``), C1 = (0.01 * 255)^2, C2 = (0.03 * 255)^2, statistics per
   channel on the valid region (``size // 2`` pixels cropped on every side), mean over the map and the
   channels. Float64 because variances of values up to 255 lose ~1e-4 of SSIM in float32."""
-  from hdr_jax.io import cv2  # (io sets OpenCV's environment before importing it)
+  from hdr_jax.fileio import cv2  # (io sets OpenCV's environment before importing it)
 
   a = np.asarray(a, np.float64)
   b = np.asarray(b, np.float64)

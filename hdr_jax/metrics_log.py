@@ -15,15 +15,13 @@ import jax
 import numpy as np
 
 from hdr_jax import hdr_math
-from hdr_jax import io as hio
-
-
+from hdr_jax import fileio
 class MetricWriter:
 
   def __init__(self, workdir, enabled: bool | None = None, upload_every: float = 60.0):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
-    self.workdir = hio.workdir_path(workdir)
-    self.remote = hio.is_remote(workdir)
+    self.workdir = fileio.workdir_path(workdir)
+    self.remote = fileio.is_remote(workdir)
     self.upload_every = upload_every
     self._tb = None
     self._jsonl = None
@@ -64,9 +62,9 @@ class MetricWriter:
     from tensorboardX.proto.summary_pb2 import Summary
 
     img = np.round(np.clip(np.asarray(image_hwc, np.float32), 0.0, 1.0) * 255).astype(np.uint8)
-    png = hio.encode_png(img)
+    png = fileio.encode_png(img)
     path = self.workdir / "images" / f"{name}_{int(step):07d}.png"
-    hio.atomic_write_bytes(path, png)
+    fileio.atomic_write_bytes(path, png)
     # The PNG goes into the event file as is (tensorboardX's add_image would need Pillow).
     summary = Summary(value=[Summary.Value(tag=name, image=Summary.Image(
         height=img.shape[0], width=img.shape[1], colorspace=3, encoded_image_string=png))])

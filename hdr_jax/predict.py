@@ -31,7 +31,7 @@ from hdr_jax import brackets
 from hdr_jax import cli
 from hdr_jax import engine as engine_lib
 from hdr_jax import evaluation
-from hdr_jax import io as hio
+from hdr_jax import fileio
 from hdr_jax import sig17
 
 
@@ -92,10 +92,10 @@ def run(workdir, input_dir, output_dir, fmt=None, step="latest", overrides=None,
   if layout == "sig17" and fmt == "ntire":
     raise ValueError(f"--format=ntire: {input_dir} is a SIG17 folder; its results are linear 'hdr' or 'exr' files")
   write = (lambda d, p: sig17.write_result(output_dir, d, p, fmt)) if layout == "sig17" else (
-      lambda d, p: hio.write_result(output_dir, d["id"], p, fmt))
+      lambda d, p: fileio.write_result(output_dir, d["id"], p, fmt))
   scenes = sig17.validate_scenes(input_dir, layout)
   if jax.process_index() == 0:  # before the model is built: an unwritable --output fails at once
-    hio.writable_dir(output_dir, "output folder")
+    fileio.writable_dir(output_dir, "output folder")
   config, engine, state, chosen = engine_lib.load_from_workdir(workdir, step, overrides,
                                                                prepare=cli.use_compilation_cache)
   sig17.warn_mismatch(config, layout)
@@ -106,7 +106,7 @@ def run(workdir, input_dir, output_dir, fmt=None, step="latest", overrides=None,
       try:
         written += write(d, pred)
       except OSError as e:  # each file is atomic, so what is there is complete
-        raise hio.DataError(Path(output_dir).absolute(), f"cannot write the result of scene {d['id']} "
+        raise fileio.DataError(Path(output_dir).absolute(), f"cannot write the result of scene {d['id']} "
                             f"({e.strerror or e}); the {len(written)} file(s) written before it are "
                             f"complete") from None
   if jax.process_index() == 0:
@@ -123,7 +123,7 @@ def _run_brackets(workdir, input_dir, output_dir, fmt, step, overrides, pretrain
     raise ValueError(f"--format={fmt}: bracket folders are written as exr or hdr (linear radiance); "
                      "the ntire format is for NTIRE scene folders")
   checked = brackets.check_inputs(input_dir, exposures)
-  hio.writable_dir(output_dir, "output folder")
+  fileio.writable_dir(output_dir, "output folder")
   model = api.load(workdir, pretrained=pretrained, step=step, overrides=overrides)
   model.tiles_for(1, 1, tile)  # a model that cannot be tiled refuses an explicit --tile here
   t0 = time.perf_counter()

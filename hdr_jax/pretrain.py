@@ -24,8 +24,7 @@ from flax import nnx
 from flax.nnx import traversals
 
 from hdr_jax import checkpoint
-from hdr_jax import io as hio
-
+from hdr_jax import fileio
 SOURCE = ("model", "fe")
 
 
@@ -68,13 +67,13 @@ class PretrainedCheckpoint:
     try:
       self.step = ckpts.latest_step()
       if self.step is None:
-        raise hio.DataError(ckpts.directory, "no checkpoint found in this workdir")
+        raise fileio.DataError(ckpts.directory, "no checkpoint found in this workdir")
       self.tree = ckpts.stored_tree(self.step)
     finally:
       ckpts.close()
     fe = _subtree(self.tree, SOURCE)
     if fe is None:
-      raise hio.DataError(self.workdir, f"its checkpoint (task {self.config.get('task', '?')!r}, model "
+      raise fileio.DataError(self.workdir, f"its checkpoint (task {self.config.get('task', '?')!r}, model "
                           f"{_describe(self.config)}) holds no feature extractor at {'.'.join(SOURCE)}")
     self.shapes = {k: (tuple(m.shape), np.dtype(m.dtype)) for k, m in _flat(fe).items()}
 

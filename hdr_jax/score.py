@@ -23,9 +23,9 @@ percentile=99, gamma=2.24)``; the scores are their means, written to ``scores.tx
 Here files are paired by scene id when every name carries one (``NNNN[_gt].png`` /
 ``NNNN_alignratio.npy``), and it is checked that the official sorted-list pairing gives the same
 pairs; names without ids are paired by the sorted lists, as the official program does. Decoding
-(:func:`hdr_jax.io.read_hdr_png16`) and metrics (:func:`hdr_jax.hdr_math.np_psnr_mu`,
+(:func:`hdr_jax.fileio.read_hdr_png16`) and metrics (:func:`hdr_jax.hdr_math.np_psnr_mu`,
 :func:`~hdr_jax.hdr_math.np_psnr_l`) follow the official arithmetic. Every input problem is one
-:class:`hdr_jax.io.DataError` naming the file, raised before any image is decoded where possible.
+:class:`hdr_jax.fileio.DataError` naming the file, raised before any image is decoded where possible.
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hdr_jax import hdr_math, io
+from hdr_jax import hdr_math, fileio
 
-_FRAME_RE = re.compile(r"^\d{4}_(%s)\.png$" % "|".join(io.FRAME_NAMES))
+_FRAME_RE = re.compile(r"^\d{4}_(%s)\.png$" % "|".join(fileio.FRAME_NAMES))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,37 +65,37 @@ def _folder_items(folder: Path, role: str, png_tag: str) -> tuple[list[Item], bo
   pngs = [n for n in names if n.lower().endswith(".png")]
   npys = [n for n in names if n.lower().endswith(".npy")]
   if not pngs and not npys:
-    raise io.DataError(folder, f"empty {role} folder: no .png / .npy files")
+    raise fileio.DataError(folder, f"empty {role} folder: no .png / .npy files")
   png_keys = [_key(n, png_tag) for n in pngs]
   npy_keys = [_key(n, "_alignratio") for n in npys]
   if not all(k.isdigit() for k in png_keys + npy_keys):
     if len(pngs) != len(npys):
-      raise io.DataError(folder, f"{len(pngs)} .png files but {len(npys)} .npy files; the official scoring "
+      raise fileio.DataError(folder, f"{len(pngs)} .png files but {len(npys)} .npy files; the official scoring "
                          "program pairs the sorted lists one to one")
     return [Item(_key(p, png_tag), folder / p, folder / a) for p, a in zip(pngs, npys)], False
   for keys, files in ((png_keys, pngs), (npy_keys, npys)):
     seen = {}
     for k, n in zip(keys, files):
       if k in seen:
-        raise io.DataError(folder / n, f"duplicate file for scene {k} (also {seen[k]})")
+        raise fileio.DataError(folder / n, f"duplicate file for scene {k} (also {seen[k]})")
       seen[k] = n
   png_of, npy_of = dict(zip(png_keys, pngs)), dict(zip(npy_keys, npys))
   for k, n in png_of.items():
     if k not in npy_of:
-      raise io.DataError(folder / n, f"unpaired file: its alignratio file {k}_alignratio.npy is missing")
+      raise fileio.DataError(folder / n, f"unpaired file: its alignratio file {k}_alignratio.npy is missing")
   for k, n in npy_of.items():
     if k not in png_of:
-      raise io.DataError(folder / n, f"unpaired file: no PNG for scene {k} ({k}{png_tag}.png is missing)")
+      raise fileio.DataError(folder / n, f"unpaired file: no PNG for scene {k} ({k}{png_tag}.png is missing)")
   for p, a in zip(pngs, npys):
     if _key(p, png_tag) != _key(a, "_alignratio"):
-      raise io.DataError(folder / p, f"the official scoring program pairs the sorted file lists and would pair "
+      raise fileio.DataError(folder / p, f"the official scoring program pairs the sorted file lists and would pair "
                          f"it with {a}; use ids of equal length (e.g. 0001)")
   return [Item(k, folder / png_of[k], folder / npy_of[k]) for k in png_keys], True
 
 
 def _reference_items(ref_dir: Path) -> tuple[list[Item], bool]:
   if any(_FRAME_RE.match(p.name) for p in ref_dir.iterdir()):
-    scenes = io.discover_scenes(ref_dir, require_gt=True)
+    scenes = fileio.discover_scenes(ref_dir, require_gt=True)
     return [Item(s.scene_id, s.gt, s.alignratio) for s in scenes], True
   return _folder_items(ref_dir, "reference", "_gt")
 
@@ -105,36 +105,36 @@ def pair_folders(ref_dir, res_dir) -> list[tuple[Item, Item]]:
   ref_dir, res_dir = Path(ref_dir), Path(res_dir)
   for d in (ref_dir, res_dir):
     if not d.is_dir():
-      raise io.DataError(d, "folder does not exist")
+      raise fileio.DataError(d, "folder does not exist")
   refs, ref_ids = _reference_items(ref_dir)
   ress, res_ids = _folder_items(res_dir, "results", "")
   if not (ref_ids and res_ids):
     if len(refs) != len(ress):
-      raise io.DataError(res_dir, f"expected {len(refs)} results (one per reference image in {ref_dir}), "
+      raise fileio.DataError(res_dir, f"expected {len(refs)} results (one per reference image in {ref_dir}), "
                          f"found {len(ress)}")
     return list(zip(refs, ress))
   res_of = {r.key: r for r in ress}
   ref_keys = {r.key for r in refs}
   for r in refs:
     if r.key not in res_of:
-      raise io.DataError(res_dir / f"{r.key}.png", f"file is missing: no result for reference scene {r.key} "
+      raise fileio.DataError(res_dir / f"{r.key}.png", f"file is missing: no result for reference scene {r.key} "
                          f"({r.png.name})")
   for s in ress:
     if s.key not in ref_keys:
-      raise io.DataError(s.png, f"extra result: no reference scene {s.key} in {ref_dir}")
+      raise fileio.DataError(s.png, f"extra result: no reference scene {s.key} in {ref_dir}")
   for r, s in zip(refs, ress):
     if r.key != s.key:
-      raise io.DataError(s.png, f"the official scoring program pairs the sorted file lists and would score it "
+      raise fileio.DataError(s.png, f"the official scoring program pairs the sorted file lists and would score it "
                          f"against {r.png.name}; use ids of equal length (e.g. 0001)")
   return [(r, res_of[r.key]) for r in refs]
 
 
 def _png16_size(path: Path) -> tuple[int, int]:
-  info = io.png_info(path)
+  info = fileio.png_info(path)
   if info.bit_depth != 16:
-    raise io.DataError(path, f"expected a 16-bit PNG (NTIRE HDR encoding), found {info.bit_depth}-bit")
+    raise fileio.DataError(path, f"expected a 16-bit PNG (NTIRE HDR encoding), found {info.bit_depth}-bit")
   if info.channels != 3:
-    raise io.DataError(path, f"expected 3 colour channels (RGB), found {info.channels}")
+    raise fileio.DataError(path, f"expected 3 colour channels (RGB), found {info.channels}")
   return info.height, info.width
 
 
@@ -143,33 +143,33 @@ def _os_errors_as_data_errors(item: Item):
   try:
     yield
   except OSError as e:
-    raise io.DataError(e.filename or item.png, f"cannot be read ({e.strerror or e})") from None
+    raise fileio.DataError(e.filename or item.png, f"cannot be read ({e.strerror or e})") from None
 
 
 def _check_item(item: Item) -> tuple[int, int]:
   with _os_errors_as_data_errors(item):
     size = _png16_size(item.png)
-    io.read_alignratio(item.npy)
+    fileio.read_alignratio(item.npy)
   return size
 
 
 def _read(item: Item) -> np.ndarray:
   with _os_errors_as_data_errors(item):
-    return io.read_hdr_png16(item.png, item.npy)
+    return fileio.read_hdr_png16(item.png, item.npy)
 
 
 def score_pair(ref: Item, res: Item) -> dict:
   """PSNR-mu and PSNR-L of one result, with the official arithmetic."""
   ref_img, res_img = _read(ref), _read(res)
   if not np.all(np.isfinite(res_img)):
-    raise io.DataError(res.png, "decoded result contains NaN or inf")
+    raise fileio.DataError(res.png, "decoded result contains NaN or inf")
   if not ref_img.max() > 0:
-    raise io.DataError(ref.png, "reference image is all zero: PSNR-L and PSNR-mu are undefined")
+    raise fileio.DataError(ref.png, "reference image is all zero: PSNR-L and PSNR-mu are undefined")
   with np.errstate(divide="ignore", invalid="ignore"):
     psnr_mu = hdr_math.np_psnr_mu(ref_img, res_img)
     psnr_l = hdr_math.np_psnr_l(ref_img, res_img)
   if np.isnan(psnr_mu) or np.isnan(psnr_l):
-    raise io.DataError(res.png, f"score is NaN (PSNR-mu {psnr_mu}, PSNR-L {psnr_l}); the reference "
+    raise fileio.DataError(res.png, f"score is NaN (PSNR-mu {psnr_mu}, PSNR-L {psnr_l}); the reference "
                        f"{ref.png.name} has a 99th percentile of 0")
   return {"id": ref.key, "ref": ref.png.name, "res": res.png.name, "psnr_mu": psnr_mu, "psnr_l": psnr_l}
 
@@ -177,12 +177,12 @@ def score_pair(ref: Item, res: Item) -> dict:
 def score_folders(ref_dir, res_dir) -> dict:
   """Scores ``res_dir`` against ``ref_dir``: ``{'ref_dir', 'res_dir', 'count', 'scenes': [{'id', 'ref',
   'res', 'psnr_mu', 'psnr_l'}], 'mean': {'psnr_mu', 'psnr_l'}}``. Validates every pair (headers,
-  alignratios, sizes) before decoding any image; raises :class:`hdr_jax.io.DataError`."""
+  alignratios, sizes) before decoding any image; raises :class:`hdr_jax.fileio.DataError`."""
   pairs = pair_folders(ref_dir, res_dir)
   for ref, res in pairs:
     ref_size, res_size = _check_item(ref), _check_item(res)
     if ref_size != res_size:
-      raise io.DataError(res.png, f"size {res_size[0]}x{res_size[1]} differs from the reference {ref.png.name}'s "
+      raise fileio.DataError(res.png, f"size {res_size[0]}x{res_size[1]} differs from the reference {ref.png.name}'s "
                          f"{ref_size[0]}x{ref_size[1]}")
   scenes = [score_pair(ref, res) for ref, res in pairs]
   mean = {k: float(np.mean([s[k] for s in scenes])) for k in ("psnr_mu", "psnr_l")}
@@ -241,15 +241,15 @@ def main(argv=None) -> int:
       result = sig17.score_folders(args.ref, args.res)
     else:
       result = score_folders(args.ref, args.res)
-  except io.DataError as e:
+  except fileio.DataError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   print(format_table(result))
   if args.json:
-    io.atomic_write_bytes(args.json, (json.dumps(result, indent=2) + "\n").encode())
+    fileio.atomic_write_bytes(args.json, (json.dumps(result, indent=2) + "\n").encode())
   if args.official_output:
     text = official_scores_txt(result, *read_readme(args.res))
-    io.atomic_write_bytes(Path(args.official_output) / "scores.txt", text.encode())
+    fileio.atomic_write_bytes(Path(args.official_output) / "scores.txt", text.encode())
   return 0
 
 

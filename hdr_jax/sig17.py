@@ -11,7 +11,7 @@ Layout (as Kalantari & Ramamoorthi published it, and as HDR-Transformer, SCTNet 
 
 A scene's id is its folder path relative to ROOT (``PAPER/BarbequeDay``; the folder's name when ROOT
 is itself a scene). Every file is validated (decoded) before any work; every problem is one
-:class:`hdr_jax.io.DataError` naming the file.
+:class:`hdr_jax.fileio.DataError` naming the file.
 
 The protocol (``docs/sig17.md``): frames are mapped to [0, 1] by :func:`hdr_jax.hdr_math.unit_frames`,
 the network sees ``[LDR, LDR ** 2.2 / 2 ** stops]`` with stops counted from the shortest frame (model
@@ -37,9 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hdr_jax import io as hio
+from hdr_jax import fileio
 from hdr_jax.constants import SIG17_GAMMA
-from hdr_jax.io import cv2
+from hdr_jax.fileio import cv2
 
 LAYOUTS = ("ntire", "sig17")
 PROTOCOLS = ("auto",) + LAYOUTS
@@ -90,24 +90,24 @@ def discover_scenes(folder, require_gt: bool = False) -> list[Sig17Scene]:
   ``exposure.txt``; ``HDRImg.hdr`` is needed with ``require_gt``."""
   root = Path(folder)
   if not root.is_dir():
-    raise hio.DataError(root, "folder does not exist")
+    raise fileio.DataError(root, "folder does not exist")
   dirs = _scene_dirs(root)
   if not dirs:
-    raise hio.DataError(root, "no SIG17 scenes found (expected scene folders, at any depth, holding three "
+    raise fileio.DataError(root, "no SIG17 scenes found (expected scene folders, at any depth, holding three "
                         f"16-bit .tif frames, {EXPOSURE_FILE} and {LABEL_FILE})")
   scenes = []
   for d in dirs:
     tifs = sorted((p for p in d.iterdir() if p.is_file() and _is_tiff(p)), key=lambda p: p.name)
     if len(tifs) != 3:
-      raise hio.DataError(d, f"expected 3 .tif LDR frames (short, medium, long by file name), found {len(tifs)}"
+      raise fileio.DataError(d, f"expected 3 .tif LDR frames (short, medium, long by file name), found {len(tifs)}"
                           + (f": {', '.join(p.name for p in tifs)}" if tifs else ""))
     expo = d / EXPOSURE_FILE
     if not expo.is_file():
-      raise hio.DataError(expo, "file is missing (every SIG17 scene needs its exposures in stops)")
+      raise fileio.DataError(expo, "file is missing (every SIG17 scene needs its exposures in stops)")
     label = d / LABEL_FILE
     if not label.is_file():
       if require_gt:
-        raise hio.DataError(label, "file is missing (the scene's HDR label is needed here)")
+        raise fileio.DataError(label, "file is missing (the scene's HDR label is needed here)")
       label = None
     sid = d.name if d == root else d.relative_to(root).as_posix()
     scenes.append(Sig17Scene(sid, d, tuple(tifs), expo, label))
@@ -120,18 +120,18 @@ def read_exposure_txt(path) -> np.ndarray:
   try:
     text = path.read_text()
   except (OSError, UnicodeDecodeError) as e:
-    raise hio.DataError(path, f"cannot be read ({getattr(e, 'strerror', None) or e})") from None
+    raise fileio.DataError(path, f"cannot be read ({getattr(e, 'strerror', None) or e})") from None
   try:
     values = [float(t) for t in text.split()]
   except ValueError:
-    raise hio.DataError(path, f"expected 3 numbers (stops of short, medium, long), "
+    raise fileio.DataError(path, f"expected 3 numbers (stops of short, medium, long), "
                         f"found {text.strip()[:60]!r}") from None
   if len(values) != 3:
-    raise hio.DataError(path, f"expected 3 numbers (stops of short, medium, long), found {len(values)}")
+    raise fileio.DataError(path, f"expected 3 numbers (stops of short, medium, long), found {len(values)}")
   if not all(math.isfinite(v) for v in values):
-    raise hio.DataError(path, f"exposures must be finite, found {values}")
+    raise fileio.DataError(path, f"exposures must be finite, found {values}")
   if not values[0] < values[1] < values[2]:
-    raise hio.DataError(path, f"exposures must be strictly increasing (short < medium < long), found {values}")
+    raise fileio.DataError(path, f"exposures must be strictly increasing (short < medium < long), found {values}")
   return np.asarray(values, np.float32)
 
 
@@ -139,22 +139,22 @@ def read_tiff16(path) -> np.ndarray:
   """A 16-bit RGB TIFF frame as ``uint16 (H, W, 3)`` RGB."""
   path = Path(path)
   if not path.is_file():
-    raise hio.DataError(path, "file is missing")
+    raise fileio.DataError(path, "file is missing")
   img = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
   if img is None:
-    raise hio.DataError(path, "not a readable TIFF image (corrupt or another format)")
+    raise fileio.DataError(path, "not a readable TIFF image (corrupt or another format)")
   channels = 1 if img.ndim == 2 else img.shape[2]
   if img.dtype != np.uint16:
     bits = {np.dtype(np.uint8): "8-bit", np.dtype(np.float32): "32-bit float"}.get(img.dtype, str(img.dtype))
-    raise hio.DataError(path, f"LDR frame must be a 16-bit TIFF, found {bits}")
+    raise fileio.DataError(path, f"LDR frame must be a 16-bit TIFF, found {bits}")
   if channels != 3:
-    raise hio.DataError(path, f"LDR frame must have 3 colour channels (RGB), found {channels}")
+    raise fileio.DataError(path, f"LDR frame must have 3 colour channels (RGB), found {channels}")
   return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 def read_label(path) -> np.ndarray:
   """``HDRImg.hdr`` as linear float32 RGB (Radiance RGBE); NaN/inf is an error, negatives become 0."""
-  return hio.read_hdr_image(path)
+  return fileio.read_hdr_image(path)
 
 
 def read_scene_stored(scene: Sig17Scene, with_gt: bool = True) -> dict:
@@ -164,18 +164,18 @@ def read_scene_stored(scene: Sig17Scene, with_gt: bool = True) -> dict:
   h, w = frames[0].shape[:2]
   for p, f in zip(scene.frames[1:], frames[1:]):
     if f.shape[:2] != (h, w):
-      raise hio.DataError(p, f"frame size {f.shape[0]}x{f.shape[1]} differs from the short frame's {h}x{w}")
+      raise fileio.DataError(p, f"frame size {f.shape[0]}x{f.shape[1]} differs from the short frame's {h}x{w}")
   out = {"id": scene.scene_id, "frames": np.stack(frames), "exposures": read_exposure_txt(scene.exposures)}
   if with_gt and scene.label is not None:
     label = read_label(scene.label)
     if label.shape[:2] != (h, w):
-      raise hio.DataError(scene.label, f"label size {label.shape[0]}x{label.shape[1]} differs from the frames' {h}x{w}")
+      raise fileio.DataError(scene.label, f"label size {label.shape[0]}x{label.shape[1]} differs from the frames' {h}x{w}")
     out["linear_gt"] = label
   return out
 
 
 def read_scene(scene: Sig17Scene, with_gt: bool = True) -> dict:
-  """One scene as the shared evaluation reads it (like :func:`hdr_jax.io.read_scene`): ``frames``
+  """One scene as the shared evaluation reads it (like :func:`hdr_jax.fileio.read_scene`): ``frames``
   float32 in [0, 1] (``unit_frames``), ``exposures``, ``gt`` in the internal convention, ``linear_gt``
   (the label as stored) and ``protocol='sig17'``."""
   from hdr_jax import hdr_math
@@ -239,10 +239,10 @@ def write_scene(folder, frames, stops, label=None) -> Path:
     ok, buf = cv2.imencode(".tif", cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
     if not ok:
       raise RuntimeError(f"{folder}: TIFF encoding failed")
-    hio.atomic_write_bytes(folder / f"input_{i}.tif", buf.tobytes())
-  hio.atomic_write_bytes(folder / EXPOSURE_FILE, "".join(f"{float(v):g}\n" for v in stops).encode())
+    fileio.atomic_write_bytes(folder / f"input_{i}.tif", buf.tobytes())
+  fileio.atomic_write_bytes(folder / EXPOSURE_FILE, "".join(f"{float(v):g}\n" for v in stops).encode())
   if label is not None:
-    hio.write_radiance_hdr(folder / LABEL_FILE, label)
+    fileio.write_radiance_hdr(folder / LABEL_FILE, label)
   return folder
 
 
@@ -272,12 +272,12 @@ def detect_layout(folder) -> str:
   ``.tif`` frames / ``exposure.txt`` (at any depth); a DataError when it is neither."""
   root = Path(folder)
   if not root.is_dir():
-    raise hio.DataError(root, "folder does not exist")
+    raise fileio.DataError(root, "folder does not exist")
   if any(re.match(r"^\d{4}_(short|medium|long)\.png$", p.name) for p in root.iterdir()):
     return "ntire"
   if _scene_dirs(root):
     return "sig17"
-  raise hio.DataError(root, "no scenes found: neither an NTIRE folder (NNNN_short.png, NNNN_medium.png, "
+  raise fileio.DataError(root, "no scenes found: neither an NTIRE folder (NNNN_short.png, NNNN_medium.png, "
                       "NNNN_long.png, NNNN_exposures.npy) nor SIG17 scene folders (three 16-bit .tif frames, "
                       f"{EXPOSURE_FILE}, {LABEL_FILE})")
 
@@ -296,22 +296,22 @@ def layout_of(folder, protocol: str = "auto") -> str:
 
 def validate_scenes(folder, protocol: str = "auto", require_gt: bool = False) -> list:
   """Every scene of ``folder`` in its layout (``protocol``: auto, ntire or sig17), validated:
-  :class:`hdr_jax.io.SceneFiles` or :class:`Sig17Scene`."""
+  :class:`hdr_jax.fileio.SceneFiles` or :class:`Sig17Scene`."""
   if layout_of(folder, protocol) == "sig17":
     return validate_folder(folder, require_gt=require_gt)
-  return hio.validate_folder(folder, require_gt=require_gt)
+  return fileio.validate_folder(folder, require_gt=require_gt)
 
 
 def read_any(scene, with_gt: bool = True) -> dict:
-  """:func:`read_scene` for a SIG17 scene, :func:`hdr_jax.io.read_scene` for an NTIRE one."""
-  return read_scene(scene, with_gt) if isinstance(scene, Sig17Scene) else hio.read_scene(scene, with_gt)
+  """:func:`read_scene` for a SIG17 scene, :func:`hdr_jax.fileio.read_scene` for an NTIRE one."""
+  return read_scene(scene, with_gt) if isinstance(scene, Sig17Scene) else fileio.read_scene(scene, with_gt)
 
 
 def frame_size(scene) -> tuple[int, int]:
   """``(H, W)`` of a scene's frames (a PNG header for NTIRE, the decoded short frame for SIG17)."""
   if isinstance(scene, Sig17Scene):
     return read_tiff16(scene.frames[0]).shape[:2]
-  info = hio.png_info(scene.frames[0])
+  info = fileio.png_info(scene.frames[0])
   return info.height, info.width
 
 
@@ -365,7 +365,7 @@ def apply_protocol(config, *folders) -> str:
                      "config.data.root")
   for folder, layout in layouts.items():
     if layout != protocol:
-      raise hio.DataError(folder, f"is a {layout} folder but config.data.protocol={protocol!r}")
+      raise fileio.DataError(folder, f"is a {layout} folder but config.data.protocol={protocol!r}")
   with config.unlocked():
     config.data.protocol = protocol
     if protocol == "sig17":
@@ -418,7 +418,7 @@ def write_result(folder, d: dict, pred, fmt: str = "hdr") -> list[Path]:
   if fmt not in ("hdr", "exr"):
     raise ValueError(f"--format={fmt}: SIG17 results are written as linear 'hdr' (default) or 'exr'")
   path = result_path(folder, d["id"], fmt)
-  hio.write_hdr_image(path, hdr_math.internal_to_sig17(np.asarray(pred), d["exposures"]))
+  fileio.write_hdr_image(path, hdr_math.internal_to_sig17(np.asarray(pred), d["exposures"]))
   return [path]
 
 
@@ -428,16 +428,16 @@ def pair_results(ref_dir, res_dir) -> list[tuple[Sig17Scene, Path]]:
   ref_dir, res_dir = Path(ref_dir), Path(res_dir)
   scenes = discover_scenes(ref_dir, require_gt=True)
   if not res_dir.is_dir():
-    raise hio.DataError(res_dir, "folder does not exist")
+    raise fileio.DataError(res_dir, "folder does not exist")
   pairs, used = [], set()
   for s in scenes:
     found = [result_path(res_dir, s.scene_id, ext[1:]) for ext in RESULT_SUFFIXES]
     found = [p for p in found if p.is_file()]
     if not found:
-      raise hio.DataError(result_path(res_dir, s.scene_id), f"file is missing: no result for scene {s.scene_id} "
+      raise fileio.DataError(result_path(res_dir, s.scene_id), f"file is missing: no result for scene {s.scene_id} "
                           f"(expected {s.scene_id}.hdr or {s.scene_id}.exr)")
     if len(found) > 1:
-      raise hio.DataError(found[0], f"two results for scene {s.scene_id}: {found[0].name} and {found[1].name}")
+      raise fileio.DataError(found[0], f"two results for scene {s.scene_id}: {found[0].name} and {found[1].name}")
     pairs.append((s, found[0]))
     used.add(found[0].resolve())
   for dirpath, _, names in os.walk(res_dir):
@@ -445,7 +445,7 @@ def pair_results(ref_dir, res_dir) -> list[tuple[Sig17Scene, Path]]:
       p = Path(dirpath) / n
       if p.suffix.lower() in RESULT_SUFFIXES and not n.startswith(".") and p.resolve() not in used:
         sid = p.relative_to(res_dir).with_suffix("").as_posix()
-        raise hio.DataError(p, f"extra result: no scene {sid} in {ref_dir}")
+        raise fileio.DataError(p, f"extra result: no scene {sid} in {ref_dir}")
   return pairs
 
 
@@ -458,9 +458,9 @@ def score_folders(ref_dir, res_dir) -> dict:
   pairs = pair_results(ref_dir, res_dir)
 
   def load(scene, res):
-    label, pred = read_label(scene.label), hio.read_hdr_image(res)
+    label, pred = read_label(scene.label), fileio.read_hdr_image(res)
     if pred.shape != label.shape:
-      raise hio.DataError(res, f"size {pred.shape[0]}x{pred.shape[1]} differs from the label {scene.label}'s "
+      raise fileio.DataError(res, f"size {pred.shape[0]}x{pred.shape[1]} differs from the label {scene.label}'s "
                           f"{label.shape[0]}x{label.shape[1]}")
     return label, pred
 

@@ -43,9 +43,9 @@ from typing import Sequence
 
 import numpy as np
 
-from hdr_jax import io
+from hdr_jax import fileio
 from hdr_jax.constants import GAMMA, SIG17_GAMMA
-from hdr_jax.io import cv2  # OpenEXR support enabled before cv2 is imported
+from hdr_jax.fileio import cv2  # OpenEXR support enabled before cv2 is imported
 
 GENERATOR_VERSION = 1
 MIN_SIZE = 16
@@ -62,11 +62,6 @@ def dynamic_range(radiance, low: float = 0.1, high: float = 99.9) -> float:
   y = np.asarray(radiance, np.float32) @ _LUMA
   lo, hi = np.percentile(y, [low, high])
   return float(hi / lo) if lo > 0 else math.inf
-
-
-def default_cache_dir() -> Path:
-  """``$HDR_JAX_CACHE``, else ``~/.cache/hdr_jax``."""
-  return Path(os.environ.get("HDR_JAX_CACHE") or Path.home() / ".cache" / "hdr_jax")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -218,9 +213,9 @@ PROCEDURAL = "procedural"
 def _load_source(path) -> np.ndarray | None:
   if str(path) == PROCEDURAL:
     return None
-  img = io.read_hdr_image(path)
+  img = fileio.read_hdr_image(path)
   if img.shape[0] < 2 or img.shape[1] < 2 or not img.max() > 0:
-    raise io.DataError(path, "radiance map is empty or entirely black")
+    raise fileio.DataError(path, "radiance map is empty or entirely black")
   return img
 
 
@@ -467,7 +462,7 @@ def synthesize_folder(out, scenes: int, height: int, width: int, hdr_files: Sequ
     if layout == "sig17":
       sig17.write_synthesized(out / sid, s)
     else:
-      io.write_scene(out, sid, s["frames"], s["exposures"], s["gt"])
+      fileio.write_scene(out, sid, s["frames"], s["exposures"], s["gt"])
     ids.append(sid)
   if verbose:
     real = sum(s is not None for s in sources)
@@ -492,16 +487,16 @@ def _check_marker(root: Path, params: dict) -> bool:
   marker = root / MARKER
   if not marker.is_file():
     if any(root.iterdir()):
-      raise io.DataError(root, f"folder exists but is not a complete synthesized dataset (no {MARKER}); "
+      raise fileio.DataError(root, f"folder exists but is not a complete synthesized dataset (no {MARKER}); "
                          "delete it or choose another folder")
     return False
   try:
     have = json.loads(marker.read_text())
   except (OSError, ValueError) as e:
-    raise io.DataError(marker, f"unreadable completion marker ({e}); delete the folder to regenerate it") from None
+    raise fileio.DataError(marker, f"unreadable completion marker ({e}); delete the folder to regenerate it") from None
   if have != params:
     diff = ", ".join(f"{k}={have.get(k)!r} (requested {params[k]!r})" for k in params if have.get(k) != params[k])
-    raise io.DataError(root, f"holds a synthesized dataset made with other parameters: {diff}; "
+    raise fileio.DataError(root, f"holds a synthesized dataset made with other parameters: {diff}; "
                        "delete the folder or choose another one")
   return True
 
@@ -523,7 +518,7 @@ def ensure_dataset(root, scenes: int, height: int, width: int, hdr_files: Sequen
   """Makes ``root`` a complete synthesized NTIRE folder (ids 0000..scenes-1), generating it only if it
   is not one already. Generation goes to a temporary sibling folder that is renamed into place at the
   end, with a ``.complete.json`` marker of the parameters; an existing folder made with other
-  parameters (or not made by this function) raises :class:`hdr_jax.io.DataError`."""
+  parameters (or not made by this function) raises :class:`hdr_jax.fileio.DataError`."""
   root = Path(root)
   _check_params(scenes, height, width, seed, 0)
   params = _params(scenes, height, width, hdr_files, seed, scene_kwargs)
@@ -537,7 +532,7 @@ def ensure_dataset(root, scenes: int, height: int, width: int, hdr_files: Sequen
                               dir=root.parent))
   try:
     synthesize_folder(tmp, scenes, height, width, hdr_files, seed, verbose=verbose, layout=layout, **scene_kwargs)
-    io.atomic_write_bytes(tmp / MARKER, json.dumps(params, indent=1).encode())
+    fileio.atomic_write_bytes(tmp / MARKER, json.dumps(params, indent=1).encode())
     if root.is_dir() and not any(root.iterdir()):
       root.rmdir()
     try:
@@ -584,7 +579,7 @@ def main(argv=None) -> int:
     synthesize_folder(args.out, args.scenes, args.height, args.width, args.hdr, args.seed, args.start_index,
                       camera_motion=args.camera_motion, object_motion=args.object_motion, noise=args.noise,
                       layout=args.layout)
-  except io.DataError as e:
+  except fileio.DataError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   return 0

@@ -33,8 +33,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from hdr_jax import io
-
+from hdr_jax import fileio
 _SPLIT_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _KEY_SPACE = 2**128  # tfds sorts integer keys (shuffling disabled) in 128-bit buckets
 
@@ -55,18 +54,18 @@ def split_folders(manual_dir) -> dict[str, Path]:
   """``{split: folder}``: the subfolders of ``manual_dir`` that hold scenes, else ``{'train': manual_dir}``."""
   manual_dir = Path(manual_dir)
   if not manual_dir.is_dir():
-    raise io.DataError(manual_dir, "manual dir does not exist")
+    raise fileio.DataError(manual_dir, "manual dir does not exist")
   subs = {p.name: p for p in sorted(manual_dir.iterdir())
           if p.is_dir() and not p.name.startswith(".") and any(p.glob("[0-9][0-9][0-9][0-9]_short.png"))}
   if any(manual_dir.glob("[0-9][0-9][0-9][0-9]_short.png")):
     if subs:
-      raise io.DataError(manual_dir, f"holds scenes and split subfolders {sorted(subs)}; use one layout")
+      raise fileio.DataError(manual_dir, f"holds scenes and split subfolders {sorted(subs)}; use one layout")
     return {"train": manual_dir}
   if not subs:
-    raise io.DataError(manual_dir, "no NTIRE scenes in the manual dir or in its subfolders")
+    raise fileio.DataError(manual_dir, "no NTIRE scenes in the manual dir or in its subfolders")
   for name, path in subs.items():
     if not _SPLIT_RE.match(name):
-      raise io.DataError(path, "split folder names must start with a letter and contain only letters, digits and _")
+      raise fileio.DataError(path, "split folder names must start with a letter and contain only letters, digits and _")
   return subs
 
 
@@ -121,7 +120,7 @@ class NtireHdr(tfds.core.GeneratorBasedBuilder, skip_registration=__name__ == "_
 
   def _split_generators(self, dl_manager):
     folders = split_folders(dl_manager.manual_dir)
-    scenes = {name: io.validate_folder(folder, decode=False) for name, folder in folders.items()}
+    scenes = {name: fileio.validate_folder(folder, decode=False) for name, folder in folders.items()}
     return {name: self._generate_examples(s) for name, s in scenes.items()}
 
   def _generate_examples(self, scenes):
@@ -129,9 +128,9 @@ class NtireHdr(tfds.core.GeneratorBasedBuilder, skip_registration=__name__ == "_
     # space spreads large splits over tfds's temporary buckets instead of piling them into one.
     step = _KEY_SPACE // len(scenes)
     for i, scene in enumerate(scenes):
-      raw = io.read_scene_stored(scene)
+      raw = fileio.read_scene_stored(scene)
       if scene.has_gt:
-        gt = io.png16_to_hdr(raw["gt_png16"], raw["alignratio"])
+        gt = fileio.png16_to_hdr(raw["gt_png16"], raw["alignratio"])
       else:  # tfds cannot decode an empty bytes tensor, hence a placeholder and a flag
         gt = np.zeros((1, 1, 3), np.float32)
       yield i * step, {"frames": raw["frames"], "exposures": raw["exposures"], "gt": gt,

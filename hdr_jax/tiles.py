@@ -34,8 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hdr_jax import io
-
+from hdr_jax import fileio
 MAGIC = b"HDRTILE1"
 INDEX = "tiles.json"
 FORMAT = "hdr_jax.tiles/1"
@@ -68,7 +67,7 @@ def encode_scene(scene_id: str, frames: np.ndarray, exposures, tile: int, gt_png
       raise ValueError(f"gt_png16 must be uint16 ({h}, {w}, 3), got {gt_png16.dtype} {gt_png16.shape}")
     images.append(gt_png16)
   ny, nx = _grid(h, w, tile)
-  blobs = [io.encode_png(np.ascontiguousarray(img[ty * tile:(ty + 1) * tile, tx * tile:(tx + 1) * tile]))
+  blobs = [fileio.encode_png(np.ascontiguousarray(img[ty * tile:(ty + 1) * tile, tx * tile:(tx + 1) * tile]))
            for ty in range(ny) for tx in range(nx) for img in images]
   offsets = np.zeros(len(blobs) + 1, "<u8")
   offsets[1:] = np.cumsum([len(b) for b in blobs])
@@ -78,10 +77,10 @@ def encode_scene(scene_id: str, frames: np.ndarray, exposures, tile: int, gt_png
   return b"".join([MAGIC, struct.pack("<I", len(header)), header, offsets.tobytes(), *blobs])
 
 
-def _prepare_scene(scene: io.SceneFiles, out: Path, tile: int) -> dict:
-  raw = io.read_scene_stored(scene)
+def _prepare_scene(scene: fileio.SceneFiles, out: Path, tile: int) -> dict:
+  raw = fileio.read_scene_stored(scene)
   name = f"{scene.scene_id}.tiles"
-  io.atomic_write_bytes(out / name, encode_scene(scene.scene_id, raw["frames"], raw["exposures"], tile,
+  fileio.atomic_write_bytes(out / name, encode_scene(scene.scene_id, raw["frames"], raw["exposures"], tile,
                                                 raw.get("gt_png16"), raw.get("alignratio")))
   h, w = raw["frames"].shape[1:3]
   return {"id": scene.scene_id, "file": name, "height": int(h), "width": int(w), "has_gt": scene.has_gt}
@@ -94,10 +93,10 @@ def prepare(input_dir, output_dir, *, tile: int = 128, workers: int | None = Non
   if tile < 16:
     raise ValueError(f"--tile must be at least 16 pixels, got {tile}")
   if (out / INDEX).exists():
-    raise io.DataError(out / INDEX, "already exists: this folder holds a prepared dataset (remove it to redo)")
+    raise fileio.DataError(out / INDEX, "already exists: this folder holds a prepared dataset (remove it to redo)")
   if out.resolve() == input_dir.resolve():
-    raise io.DataError(out, "the output folder must not be the input folder")
-  scenes = io.validate_folder(input_dir, decode=False)
+    raise fileio.DataError(out, "the output folder must not be the input folder")
+  scenes = fileio.validate_folder(input_dir, decode=False)
   out.mkdir(parents=True, exist_ok=True)
   workers = max(1, min(len(scenes), workers or os.cpu_count() or 1))
   start, rows = time.perf_counter(), []
@@ -107,7 +106,7 @@ def prepare(input_dir, output_dir, *, tile: int = 128, workers: int | None = Non
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
       rows = list(pool.map(_prepare_scene, scenes, [out] * len(scenes), [tile] * len(scenes)))
   index = {"format": FORMAT, "tile": tile, "source": str(input_dir.absolute()), "scenes": rows}
-  io.atomic_write_bytes(out / INDEX, (json.dumps(index, indent=1) + "\n").encode())
+  fileio.atomic_write_bytes(out / INDEX, (json.dumps(index, indent=1) + "\n").encode())
   if verbose:
     png = sum(p.stat().st_size for s in scenes for p in (*s.frames, s.gt) if p is not None)
     tiled = sum((out / r["file"]).stat().st_size for r in rows)
@@ -128,7 +127,7 @@ def _read_header(path: Path) -> tuple[dict, np.ndarray, int]:
       head = f.read(_FIRST_READ)
       size = os.fstat(f.fileno()).st_size
       if len(head) < _HEAD or head[:len(MAGIC)] != MAGIC:
-        raise io.DataError(path, "not an hdr_jax tiles file (bad magic)")
+        raise fileio.DataError(path, "not an hdr_jax tiles file (bad magic)")
       (n,) = struct.unpack("<I", head[len(MAGIC):_HEAD])
       try:
         header = json.loads(head[_HEAD:_HEAD + n]) if _HEAD + n <= len(head) else json.loads(
@@ -136,17 +135,17 @@ def _read_header(path: Path) -> tuple[dict, np.ndarray, int]:
         ny, nx = _grid(header["height"], header["width"], header["tile"])
         count = ny * nx * header["images"] + 1
       except (ValueError, KeyError, TypeError) as e:
-        raise io.DataError(path, f"corrupt header ({e})") from None
+        raise fileio.DataError(path, f"corrupt header ({e})") from None
       start = _HEAD + n
       raw = head[start:start + 8 * count]
       if len(raw) < 8 * count:
         raw = os.pread(f.fileno(), 8 * count, start)
   except OSError as e:
-    raise io.DataError(path, f"cannot be read ({e.strerror or e})") from None
+    raise fileio.DataError(path, f"cannot be read ({e.strerror or e})") from None
   offsets = np.frombuffer(raw, "<u8") if len(raw) == 8 * count else None
   data_start = start + 8 * count
   if offsets is None or np.any(np.diff(offsets.astype(np.int64)) <= 0) or data_start + int(offsets[-1]) != size:
-    raise io.DataError(path, f"truncated or corrupt ({size} bytes, the header's tile index does not match)")
+    raise fileio.DataError(path, f"truncated or corrupt ({size} bytes, the header's tile index does not match)")
   return header, offsets, data_start
 
 
@@ -195,7 +194,7 @@ class _TiledImages:
       try:
         fd = os.open(self._path, os.O_RDONLY)
       except OSError as e:
-        raise io.DataError(self._path, f"cannot be read ({e.strerror or e})") from None
+        raise fileio.DataError(self._path, f"cannot be read ({e.strerror or e})") from None
       try:
         for ty in range(y0 // t, (y1 - 1) // t + 1):
           base = int(self._offsets[(ty * nx + first_tx) * per])
@@ -212,16 +211,16 @@ class _TiledImages:
       finally:
         os.close(fd)
     if self._scale is not None:
-      out = io.png16_to_hdr(out, self._scale)
+      out = fileio.png16_to_hdr(out, self._scale)
     return out if self._stacked else out[0]
 
   def _decode(self, blob: bytes, ty: int, tx: int, image: int) -> np.ndarray:
     t, h, w = self._header["tile"], self._header["height"], self._header["width"]
     want = (min(t, h - ty * t), min(t, w - tx * t), 3)
-    img = io.decode_png(blob)
+    img = fileio.decode_png(blob)
     dtype = np.uint8 if self._scale is None else np.uint16
     if img is None or img.shape != want or img.dtype != dtype:
-      raise io.DataError(self._path, f"corrupt tile (row {ty}, column {tx}, image {image}): "
+      raise fileio.DataError(self._path, f"corrupt tile (row {ty}, column {tx}, image {image}): "
                          f"could not be decoded to {dtype.__name__} {want}")
     return img
 
@@ -235,7 +234,7 @@ class TiledSource:
     self.folder = Path(folder)
     index_path = self.folder / INDEX
     if not index_path.is_file():
-      raise io.DataError(index_path, "is missing: not a prepared tiles folder (or its preparation did not finish); "
+      raise fileio.DataError(index_path, "is missing: not a prepared tiles folder (or its preparation did not finish); "
                          "prepare one with `python -m hdr_jax.tiles --input=NTIRE_DIR --output=...`")
     try:
       index = json.loads(index_path.read_text())
@@ -244,18 +243,18 @@ class TiledSource:
       self.rows = [dict(r) for r in index["scenes"]]
       self.frame_sizes = [(int(r["height"]), int(r["width"])) for r in self.rows]
     except (ValueError, KeyError, TypeError) as e:
-      raise io.DataError(index_path, f"corrupt index ({e})") from None
+      raise fileio.DataError(index_path, f"corrupt index ({e})") from None
     # Every scene's header and tile index, checked against tiles.json and the file size before any
     # training step (a truncated or missing file fails here, naming it, not hours into a run).
     self._index = []
     for r, size in zip(self.rows, self.frame_sizes):
       path = self.folder / r["file"]
       if not path.is_file():
-        raise io.DataError(path, f"file is missing (scene {r['id']} of {index_path})")
+        raise fileio.DataError(path, f"file is missing (scene {r['id']} of {index_path})")
       header, offsets, start = _read_header(path)
       if (header["height"], header["width"]) != size or header["id"] != r["id"] or \
           (header["images"] == 4) != bool(r.get("has_gt", True)):
-        raise io.DataError(path, f"header (scene {header['id']}, {header['height']}x{header['width']}, "
+        raise fileio.DataError(path, f"header (scene {header['id']}, {header['height']}x{header['width']}, "
                            f"{header['images']} images) does not match {INDEX} (scene {r['id']}, "
                            f"{size[0]}x{size[1]}, has_gt={r.get('has_gt')})")
       self._index.append((header, offsets, start))
@@ -290,7 +289,7 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
   try:
     prepare(args.input, args.output, tile=args.tile, workers=args.workers)
-  except (io.DataError, ValueError) as e:
+  except (fileio.DataError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   return 0

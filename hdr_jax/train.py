@@ -24,7 +24,7 @@ from hdr_jax import checkpoint as ckpt_lib
 from hdr_jax import cli
 from hdr_jax import engine as engine_lib
 from hdr_jax import evaluation
-from hdr_jax import io as hio
+from hdr_jax import fileio
 from hdr_jax import metrics_log, sig17, tasks
 
 
@@ -71,11 +71,11 @@ def train_and_evaluate(config, workdir) -> dict:
   """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints); returns the final summary."""
   from hdr_jax import data as data_lib
 
-  workdir = hio.workdir_path(workdir)
+  workdir = fileio.workdir_path(workdir)
   cli.maybe_initialize_distributed(config.distributed)
   _check_config(config)
   primary = jax.process_index() == 0
-  hio.writable_dir(workdir, "workdir")  # before any data, compilation or training step
+  fileio.writable_dir(workdir, "workdir")  # before any data, compilation or training step
 
   # Data first: every input problem surfaces before any compilation or training step.
   train_dir, val_dir = data_lib.resolve_data(config)
@@ -138,7 +138,7 @@ def train_and_evaluate(config, workdir) -> dict:
       kept = (f"the last good checkpoint (step {last_good}, {ckpts.directory / str(last_good)}) is left intact; "
               f"free space or fix the workdir and rerun the same command to resume from it"
               if last_good is not None else "there is no earlier checkpoint")
-      raise hio.DataError(workdir, f"saving the checkpoint of step {step} failed ({ckpt_lib.short_error(e, workdir)}); "
+      raise fileio.DataError(workdir, f"saving the checkpoint of step {step} failed ({ckpt_lib.short_error(e, workdir)}); "
                                    f"training stopped; {kept}") from None
 
   num_steps = config.num_train_steps
@@ -211,7 +211,7 @@ def train_and_evaluate(config, workdir) -> dict:
              "metrics_log": str(workdir / "metrics.jsonl"), "tensorboard": str(workdir / "tensorboard"),
              "images": str(workdir / "images")}
   if primary:
-    hio.atomic_write_bytes(workdir / "summary.json", json.dumps(summary, indent=2).encode())
+    fileio.atomic_write_bytes(workdir / "summary.json", json.dumps(summary, indent=2).encode())
     _print_summary(summary)
   writer.close()
   ckpts.close()

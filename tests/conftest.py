@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hdr_jax import cli, io
+from hdr_jax import cli, fileio
 
 # The entry points' CPU XLA flags (YNN fusions off), set before JAX starts its backend: in-process tests
 # and the entry points they start compute with the same flags as a user's `python -m hdr_jax.train`.
@@ -54,7 +54,7 @@ def tiny_scene_dir(tmp_path):
   for sid in ("0000", "0001", "0002"):
     frames = rng.integers(0, 256, (3, 24, 32, 3), dtype=np.uint8)
     gt = rng.uniform(0.0, 1.6, (24, 32, 3)).astype(np.float32)
-    io.write_scene(folder, sid, frames, [-2.0, 0.0, 2.0], gt)
+    fileio.write_scene(folder, sid, frames, [-2.0, 0.0, 2.0], gt)
   return folder
 
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from PIL.TiffImagePlugin import IFDRational
 
-from hdr_jax import api, brackets, io as hio, predict, tiling
+from hdr_jax import api, brackets, fileio, predict, tiling
 from conftest import cli_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,19 +116,19 @@ def test_exif_exposures_are_sorted_and_relative_to_the_middle_frame(tmp_path):
 def test_missing_exif_and_bad_exposure_strings_are_clear_errors(tmp_path):
   lin = scene(H, W)
   for name, stops in (("1.png", -2), ("2.png", 0), ("3.png", 2)):
-    hio.write_ldr_png(tmp_path / "p" / name, ldr(lin, stops))
-  with pytest.raises(hio.DataError, match=r"1\.png: no EXIF exposure time: give .* --exposures="):
+    fileio.write_ldr_png(tmp_path / "p" / name, ldr(lin, stops))
+  with pytest.raises(fileio.DataError, match=r"1\.png: no EXIF exposure time: give .* --exposures="):
     brackets.read_bracket(tmp_path / "p")
   assert brackets.read_bracket(tmp_path / "p", exposures=[-2, 0, 2], align="none").exposures.tolist() == [-2, 0, 2]
   for bad in ("1,2", "a,b,c", "1,2,nan", "", "1;2;3", "0,0,1,2"):
     with pytest.raises(ValueError, match=r"--exposures=.*expected three numbers in stops"):
       brackets.parse_exposures(bad)
-  with pytest.raises(hio.DataError, match="same exposure"):
+  with pytest.raises(fileio.DataError, match="same exposure"):
     brackets.read_bracket(tmp_path / "p", exposures="0,0,2")
   write_jpeg(tmp_path / "q" / "1.jpg", ldr(lin, -2), (1, 240), 100)
   write_jpeg(tmp_path / "q" / "2.jpg", ldr(lin, 0), (1, 60))  # no ISO while the others have one
   write_jpeg(tmp_path / "q" / "3.jpg", ldr(lin, 2), (1, 15), 100)
-  with pytest.raises(hio.DataError, match=r"2\.jpg: EXIF has no ISO while the other frames"):
+  with pytest.raises(fileio.DataError, match=r"2\.jpg: EXIF has no ISO while the other frames"):
     brackets.exif_exposures(brackets.image_files(tmp_path / "q"))
 
 
@@ -248,12 +248,12 @@ def test_preview_tone_map_and_gamma_decode():
 def test_cli_on_a_folder_of_brackets_writes_exr_and_preview_equal_to_the_api(photos, model):
   assert model.receptive_radius == 31 and model.tiles_for(4000, 6000) == 8 * 12  # 4 + 2 * (4 layers x 3 blocks) + 3
   for name, seed in (("p1", 1), ("p2", 2)):
-    exr = hio.read_hdr_image(photos / "out" / f"{name}.exr")
+    exr = fileio.read_hdr_image(photos / "out" / f"{name}.exr")
     bracket = brackets.read_bracket(photos / "in" / name)  # the CLI's defaults: EXIF, mtb
     np.testing.assert_allclose(model.predict(bracket.frames, bracket.exposures), exr, rtol=1e-6, atol=1e-7)
     truth = scene(H, W, seed)
     assert np.median(np.abs(exr - truth) / (truth + 0.01)) < 0.05  # the radiance, relative to the medium frame
-    preview = hio.read_ldr_png_uint8(photos / "out" / f"{name}_preview.png")
+    preview = fileio.read_ldr_png_uint8(photos / "out" / f"{name}_preview.png")
     assert preview.shape == (H, W, 3) and 60 < preview.mean() < 200
   assert sorted(p.name for p in (photos / "out").iterdir()) == ["p1.exr", "p1_preview.png", "p2.exr", "p2_preview.png"]
 
@@ -261,9 +261,9 @@ def test_cli_on_a_folder_of_brackets_writes_exr_and_preview_equal_to_the_api(pho
 def test_one_bracket_folder_as_radiance_hdr(photos, model, tmp_path):
   written = brackets.predict_folder(model, photos / "in" / "p1", tmp_path, "hdr", verbose=False)
   assert [p.name for p in written] == ["p1.hdr", "p1_preview.png"]
-  exr = hio.read_hdr_image(photos / "out" / "p1.exr")
+  exr = fileio.read_hdr_image(photos / "out" / "p1.exr")
   # RGBE: an 8-bit mantissa per channel under the pixel's shared exponent, so the error scales with its brightest channel
-  err = np.abs(hio.read_hdr_image(tmp_path / "p1.hdr") - exr)
+  err = np.abs(fileio.read_hdr_image(tmp_path / "p1.hdr") - exr)
   assert np.all(err <= exr.max(axis=-1, keepdims=True) / 64 + 1e-6), err.max()
 
 
@@ -273,28 +273,28 @@ def test_bad_bracket_inputs_are_one_line_errors(tmp_path):
   run = lambda folder, **kw: predict.run(None, folder, out, pretrained="ahdrnet-merge-cpu", **kw)
   write_jpeg(tmp_path / "two" / "1.jpg", ldr(lin, -2), (1, 240), 100)
   write_jpeg(tmp_path / "two" / "2.jpg", ldr(lin, 0), (1, 60), 100)
-  with pytest.raises(hio.DataError, match=r"two: a bracket is three frames, found 2 image file\(s\) \(1\.jpg, 2\.jpg\)"):
+  with pytest.raises(fileio.DataError, match=r"two: a bracket is three frames, found 2 image file\(s\) \(1\.jpg, 2\.jpg\)"):
     run(tmp_path / "two")
   write_jpeg(tmp_path / "size" / "1.jpg", ldr(lin, -2), (1, 240), 100)
   write_jpeg(tmp_path / "size" / "2.jpg", ldr(lin, 0)[:-2], (1, 60), 100)
   write_jpeg(tmp_path / "size" / "3.jpg", ldr(lin, 2), (1, 15), 100)
-  with pytest.raises(hio.DataError, match=r"2\.jpg: frame is 124x98, 1\.jpg is 124x100: the three frames must"):
+  with pytest.raises(fileio.DataError, match=r"2\.jpg: frame is 124x98, 1\.jpg is 124x100: the three frames must"):
     run(tmp_path / "size")
   write_exif_bracket(tmp_path / "broken")
   (tmp_path / "broken" / "c.jpg").write_bytes(b"not a JPEG at all")
-  with pytest.raises(hio.DataError, match=r"c\.jpg: cannot be read as an image"):
+  with pytest.raises(fileio.DataError, match=r"c\.jpg: cannot be read as an image"):
     run(tmp_path / "broken")
   write_exif_bracket(tmp_path / "ok")
   with pytest.raises(ValueError, match=r"--exposures='-2,0': expected three numbers"):
     run(tmp_path / "ok", exposures="-2,0")
   with pytest.raises(ValueError, match="--format=ntire: bracket folders are written as exr or hdr"):
     run(tmp_path / "ok", fmt="ntire")
-  hio.write_scene(tmp_path / "ntire", "0000", [ldr(lin, s)[:16, :16] for s in (-2, 0, 2)], [-2, 0, 2])
+  fileio.write_scene(tmp_path / "ntire", "0000", [ldr(lin, s)[:16, :16] for s in (-2, 0, 2)], [-2, 0, 2])
   with pytest.raises(ValueError, match="--align is for bracket folders"):
     run(tmp_path / "ntire", align="ecc")
   assert predict.input_kind(tmp_path / "ntire") == "ntire" and predict.input_kind(tmp_path / "ok") == "brackets"
   assert predict.input_kind(tmp_path) == "brackets"  # a folder of folders
-  with pytest.raises(hio.DataError, match=r"ntire: holds NTIRE scene files .*: give this folder itself as the input"):
+  with pytest.raises(fileio.DataError, match=r"ntire: holds NTIRE scene files .*: give this folder itself as the input"):
     run(tmp_path)
   assert not out.exists()
 
@@ -302,7 +302,7 @@ def test_bad_bracket_inputs_are_one_line_errors(tmp_path):
 def test_cli_error_is_one_line_and_writes_nothing(tmp_path):
   lin = scene(H, W)
   for name, stops in (("1.png", -2), ("2.png", 0), ("3.png", 2)):
-    hio.write_ldr_png(tmp_path / "p" / name, ldr(lin, stops))
+    fileio.write_ldr_png(tmp_path / "p" / name, ldr(lin, stops))
   proc = subprocess.run([sys.executable, "-m", "hdr_jax.predict", "--pretrained=ahdrnet-merge-cpu",
                          f"--input={tmp_path / 'p'}", f"--output={tmp_path / 'out'}"], cwd=ROOT, env=cli_env(),
                         capture_output=True, text=True, timeout=300)

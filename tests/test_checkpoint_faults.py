@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from hdr_jax import checkpoint
-from hdr_jax import io as hio
+from hdr_jax import fileio
 from test_train import ROOT, TINY, losses
 from test_train import run as _run
 from conftest import cli_env
@@ -259,9 +259,9 @@ def test_writable_dir_probes_with_a_real_write(tmp_path, monkeypatch):
   def refuse(*a, **k):
     raise PermissionError(errno.EACCES, "Permission denied")
 
-  monkeypatch.setattr(hio.tempfile, "mkstemp", refuse)
-  with pytest.raises(hio.DataError, match=r"ro: cannot write to this workdir \(Permission denied\)"):
-    hio.writable_dir(folder, "workdir")
+  monkeypatch.setattr(fileio.tempfile, "mkstemp", refuse)
+  with pytest.raises(fileio.DataError, match=r"ro: cannot write to this workdir \(Permission denied\)"):
+    fileio.writable_dir(folder, "workdir")
 
 
 def test_predict_into_an_unwritable_output_is_one_error_naming_it(runs, tmp_path, tiny_scene_dir):
@@ -279,17 +279,17 @@ def test_predict_into_an_unwritable_output_is_one_error_naming_it(runs, tmp_path
 def test_a_failed_result_write_never_leaves_a_png_beside_a_stale_alignratio(tmp_path, monkeypatch, failing):
   """A scene predicted again into the same folder: if a write fails, no ``NNNN.png`` is left (the
   old one is removed first, the new one renamed in last), so no PNG pairs with the wrong alignratio."""
-  hio.write_result(tmp_path, "0000", np.full((8, 8, 3), 0.5, np.float32))
-  write = hio.atomic_write_bytes
+  fileio.write_result(tmp_path, "0000", np.full((8, 8, 3), 0.5, np.float32))
+  write = fileio.atomic_write_bytes
 
   def full_disk(path, data):
     if str(path).endswith(failing):
       raise OSError(errno.ENOSPC, "No space left on device")
     write(path, data)
 
-  monkeypatch.setattr(hio, "atomic_write_bytes", full_disk)
+  monkeypatch.setattr(fileio, "atomic_write_bytes", full_disk)
   with pytest.raises(OSError):
-    hio.write_result(tmp_path, "0000", np.full((8, 8, 3), 2.0, np.float32))
+    fileio.write_result(tmp_path, "0000", np.full((8, 8, 3), 2.0, np.float32))
   assert not (tmp_path / "0000.png").exists()
   assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 

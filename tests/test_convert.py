@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hdr_jax import io as hio
+from hdr_jax import fileio
 from conftest import cli_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,21 +40,21 @@ def test_ahdrnet_pytorch_weights_reproduce_the_official_output(tmp_path):
   for i, ev in enumerate(([-2, 0, 2], [-3, 0, 3])):
     base = rng.uniform(0.05, 1, (1, 21, 30, 3))
     frames = np.clip(base * np.float32([0.3, 1.0, 2.5])[:, None, None, None] + rng.normal(0, 0.02, (3, 21, 30, 3)), 0, 1)
-    hio.write_scene(scenes, f"{i:04d}", frames, np.float32(ev))
+    fileio.write_scene(scenes, f"{i:04d}", frames, np.float32(ev))
 
   wd = tmp_path / "official"
   _run(["-m", "hdr_jax.convert", "--from=ahdrnet-pytorch", f"--weights={weights}", f"--workdir={wd}"], tmp_path)
   out = tmp_path / "out"
   _run(["-m", "hdr_jax.predict", f"--workdir={wd}", f"--input={scenes}", f"--output={out}", "--format=exr"], tmp_path)
 
-  for s in hio.discover_scenes(scenes):
-    d = hio.read_scene(s)
+  for s in fileio.discover_scenes(scenes):
+    d = fileio.read_scene(s)
     ev = d["exposures"] - d["exposures"][1]
     # The official input mapping for these weights: [LDR, LDR ** 2.2 / 2 ** ev] per frame (NCHW).
     xs = [np.concatenate([f, f**2.2 / 2.0**e], -1).transpose(2, 0, 1)[None] for f, e in zip(d["frames"], ev)]
     with torch.no_grad():
       expected = net(*[torch.from_numpy(np.ascontiguousarray(x, np.float32)) for x in xs])[0].permute(1, 2, 0).numpy()
-    got = hio.read_exr(out / f"{s.scene_id}.exr")  # linear radiance = the network's sigmoid output
+    got = fileio.read_exr(out / f"{s.scene_id}.exr")  # linear radiance = the network's sigmoid output
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 

@@ -7,7 +7,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from hdr_jax import data, io
+from hdr_jax import data, fileio
 
 H, W, N_SCENES, P = 48, 64, 6, 16
 
@@ -25,10 +25,10 @@ def _scene(i: int, h: int = H, w: int = W):
 def folder(tmp_path_factory):
   root = tmp_path_factory.mktemp("ntire")
   for i in range(N_SCENES):
-    io.write_scene(root / "train", f"{i:04d}", *_scene(i))
+    fileio.write_scene(root / "train", f"{i:04d}", *_scene(i))
   for i in range(2):
     frames, exposures, _ = _scene(i, 40, 56)
-    io.write_scene(root / "val", f"{i + 100:04d}", frames, exposures)  # no targets
+    fileio.write_scene(root / "val", f"{i + 100:04d}", frames, exposures)  # no targets
   return root
 
 
@@ -143,16 +143,16 @@ def test_several_crops_per_scene_read(source):
 def test_bad_arguments_and_inputs(source, folder, tmp_path):
   with pytest.raises(ValueError, match="multiple of the process count 2"):
     data.make_train_dataset(source, patch_size=P, global_batch_size=5, seed=0, shard_count=2)
-  with pytest.raises(io.DataError, match=r"0000_short\.png.*smaller than the 64x64 training patch"):
+  with pytest.raises(fileio.DataError, match=r"0000_short\.png.*smaller than the 64x64 training patch"):
     data.make_train_dataset(source, patch_size=64, global_batch_size=2, seed=0)
-  with pytest.raises(io.DataError, match="needs both"):
+  with pytest.raises(fileio.DataError, match="needs both"):
     data.NtireSource(folder / "val")  # training sources need targets
   # A source that only finds out when reading (e.g. prepared data) names the scene.
   it = data.make_train_iterator(list(source)[:2], patch_size=64, global_batch_size=2, seed=0)
-  with pytest.raises(io.DataError, match="scene 000[01].*48x64, smaller than the 64x64"):
+  with pytest.raises(fileio.DataError, match="scene 000[01].*48x64, smaller than the 64x64"):
     next(it)
   (tmp_path / "0000_short.png").write_bytes(b"not a png")
-  with pytest.raises(io.DataError):
+  with pytest.raises(fileio.DataError):
     data.NtireSource(tmp_path)
 
 
@@ -242,7 +242,7 @@ def test_prepared_source_matches_png_source(prepared, folder, source, backend):
                         data.NtireSource(folder / "val", require_gt=False))
   kw = dict(patch_size=P, global_batch_size=4, seed=2)
   assert _same(_batches(data.make_train_iterator(train, **kw), 3), _batches(data.make_train_iterator(source, **kw), 3))
-  with pytest.raises(io.DataError, match="split 'test'"):
+  with pytest.raises(fileio.DataError, match="split 'test'"):
     data.PreparedSource(prepared, "test", backend=backend)
 
 
@@ -281,10 +281,10 @@ def test_builder_rejects_bad_folders(tmp_path):
   pytest.importorskip("tensorflow_datasets")
   from hdr_jax import tfds_ntire
 
-  with pytest.raises(io.DataError, match="no NTIRE scenes"):
+  with pytest.raises(fileio.DataError, match="no NTIRE scenes"):
     tfds_ntire.split_folders(tmp_path)
   frames, exposures, gt = _scene(0)
-  io.write_scene(tmp_path / "train", "0000", frames, exposures, gt)
+  fileio.write_scene(tmp_path / "train", "0000", frames, exposures, gt)
   (tmp_path / "train" / "0000_alignratio.npy").unlink()
-  with pytest.raises(io.DataError, match="0000_alignratio.npy"):
+  with pytest.raises(fileio.DataError, match="0000_alignratio.npy"):
     tfds_ntire.prepare(tmp_path, tmp_path / "out")

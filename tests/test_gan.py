@@ -20,7 +20,7 @@ from flax import nnx
 
 from hdr_jax import checkpoint, data, evaluation
 from hdr_jax import engine as engine_lib
-from hdr_jax import io as hio
+from hdr_jax import fileio
 from hdr_jax.models.discriminator import PatchDiscriminator, StridedConv
 from hdr_jax.tasks import gan
 from conftest import cli_env
@@ -225,7 +225,7 @@ def test_training_improves_psnr_mu(engine, initial, tmp_path):
 
   config = tiny_config(tmp_path / "cache")
   train_dir, val_dir = data.resolve_data(config)
-  scenes = hio.validate_folder(val_dir, require_gt=True)
+  scenes = fileio.validate_folder(val_dir, require_gt=True)
   it = train.make_train_iterator(config, train_dir)
   state = on_device(engine, initial)
   before, _ = evaluation.evaluate_scenes(engine, state, scenes, key=jax.random.key(0))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from hdr_jax import hdr_math, io
+from hdr_jax import hdr_math, fileio
 
 JNP_DB_TOL = 1e-4  # float32 jnp path vs the official NumPy path, in dB (measured: <= 2e-5 up to 73 dB)
 
@@ -49,7 +49,7 @@ def real_pairs(shared_hdr_files, size=96):
   rng = np.random.default_rng(3)
   pairs = []
   for f in files:
-    lin = np.maximum(io.read_exr(f)[::4, ::4], 0)[:size, :size]
+    lin = np.maximum(fileio.read_exr(f)[::4, ::4], 0)[:size, :size]
     lin = lin / np.percentile(lin, 50)  # medium exposure: mid-grey around 1
     ref = (lin ** (1 / 2.24)).astype(np.float32)
     assert ref.max() > 0

@@ -208,9 +208,8 @@ def test_quality_benchmark_tiny(quality_run):
   assert report["setup"]["levels"]["static"] == {"camera_motion": 0.0, "object_motion": 0.0, "noise": 0.25}
   md = (out / "quality.md").read_text()
   assert "| ahdrnet |" in md and "| classical merge |" in md and "| vam_drdb + l-DAE |" in md
-  from hdr_jax import io as hio
-
-  fig = hio.read_ldr_png(out / "quality_crops.png")  # 2 levels x (3 inputs, merge, 2 models, target)
+  from hdr_jax import fileio
+  fig = fileio.read_ldr_png(out / "quality_crops.png")  # 2 levels x (3 inputs, merge, 2 models, target)
   assert fig.shape[0] > 2 * 128 and fig.shape[1] == 7 * 128 and fig.std() > 0.01  # 32-pixel crops shown x4
   assert "| method | params | lr | static PSNR-mu | static PSNR-L | static SSIM-mu | hard PSNR-mu |" in md
 
@@ -220,7 +219,7 @@ def test_quality_figure_labels_wrap_to_the_column_instead_of_being_cut():
   column (a line wider than the column is a single character), nothing is dropped or reordered, a label
   that fits stays one line, and the wrapping is greedy (no line could have taken the next line's first
   word or piece)."""
-  from hdr_jax.io import cv2
+  from hdr_jax.fileio import cv2
 
   def width_of(text):
     return cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, quality.LABEL_SCALE, 1)[0][0]

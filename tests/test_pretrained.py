@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 
 from hdr_jax import pretrained
-from hdr_jax import io as hio
+from hdr_jax import fileio
 from conftest import cli_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_a_bad_pretrained_name_is_one_error_listing_the_available_models(tmp_path, tiny_scene_dir):
-  with pytest.raises(hio.DataError, match="no such shipped model; available: "):
+  with pytest.raises(fileio.DataError, match="no such shipped model; available: "):
     pretrained.path("no-such-model")
   env = {**cli_env(), "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "HDR_JAX_CACHE": str(tmp_path)}
   proc = subprocess.run([sys.executable, "-m", "hdr_jax.predict", "--pretrained=no-such-model",
@@ -55,6 +55,6 @@ def test_every_shipped_model_reproduces_its_recorded_score_through_predict(tmp_p
     proc = subprocess.run([sys.executable, "-m", "hdr_jax.predict", f"--pretrained={name}", f"--input={scenes}",
                            f"--output={out}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    gt = hio.read_scene(hio.validate_folder(scenes, require_gt=True)[0])["gt"]
-    pred = hio.read_hdr_png16(out / "0000.png", out / "0000_alignratio.npy")
+    gt = fileio.read_scene(fileio.validate_folder(scenes, require_gt=True)[0])["gt"]
+    pred = fileio.read_hdr_png16(out / "0000.png", out / "0000_alignratio.npy")
     assert hdr_math.np_psnr_mu(gt, pred) == pytest.approx(s["psnr_mu"], abs=0.01), name

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from hdr_jax import io, score
+from hdr_jax import fileio, score
 
 REPO = Path(__file__).resolve().parents[1]
 IDS = ("0000", "0001", "0002")
@@ -64,9 +64,9 @@ def folders(tiny_scene_dir, tmp_path):
   rng = np.random.default_rng(7)
   res_dir, ref_official = tmp_path / "res", tmp_path / "ref"
   for k, sid in enumerate(IDS):
-    gt = io.read_scene(io.discover_scenes(tiny_scene_dir)[k])["gt"]
+    gt = fileio.read_scene(fileio.discover_scenes(tiny_scene_dir)[k])["gt"]
     noisy = gt * (1 + (0.02 + 0.03 * k) * rng.standard_normal(gt.shape)) + 0.01 * rng.random(gt.shape)
-    io.write_result(res_dir, sid, np.maximum(noisy, 0).astype(np.float32), fmt="ntire")
+    fileio.write_result(res_dir, sid, np.maximum(noisy, 0).astype(np.float32), fmt="ntire")
     ref_official.mkdir(exist_ok=True)
     for name in (f"{sid}_gt.png", f"{sid}_alignratio.npy"):
       shutil.copy(tiny_scene_dir / name, ref_official / name)
@@ -151,7 +151,7 @@ def test_missing_result(folders):
 
 def test_size_mismatch(folders):
   scene_dir, res_dir, _ = folders
-  io.write_result(res_dir, "0002", np.ones((20, 32, 3), np.float32))
+  fileio.write_result(res_dir, "0002", np.ones((20, 32, 3), np.float32))
   _assert_fails(run_cli(f"--ref={scene_dir}", f"--res={res_dir}"), "0002.png", "differs", "20x32")
 
 
@@ -168,7 +168,7 @@ def test_bad_results_name_the_file(folders, case):
   scene_dir, res_dir, ref_official = folders
   ref = scene_dir
   if case == "extra":
-    io.write_result(res_dir, "0007", np.ones((24, 32, 3), np.float32))
+    fileio.write_result(res_dir, "0007", np.ones((24, 32, 3), np.float32))
     name, word = "0007.png", "extra"
   elif case == "unpaired_png":
     (res_dir / "0001_alignratio.npy").unlink()
@@ -183,7 +183,7 @@ def test_bad_results_name_the_file(folders, case):
     (res_dir / "0000.png").write_bytes(b"GIF89a" + bytes(100))
     name, word = "0000.png", "not a PNG"
   elif case == "8bit":
-    io.write_ldr_png(res_dir / "0000.png", np.zeros((24, 32, 3), np.uint8))
+    fileio.write_ldr_png(res_dir / "0000.png", np.zeros((24, 32, 3), np.uint8))
     name, word = "0000.png", "16-bit"
   elif case == "unpadded_ids":  # '1.png' < '10.png' but '10_alignratio.npy' < '1_alignratio.npy'
     for f in list(res_dir.iterdir()):
@@ -192,15 +192,15 @@ def test_bad_results_name_the_file(folders, case):
     for f in list(ref.iterdir()):
       f.unlink()
     for sid in ("1", "10"):
-      io.write_result(res_dir, sid, np.ones((24, 32, 3), np.float32))
-      io.write_hdr_png16(ref / f"{sid}_gt.png", ref / f"{sid}_alignratio.npy", np.ones((24, 32, 3), np.float32))
+      fileio.write_result(res_dir, sid, np.ones((24, 32, 3), np.float32))
+      fileio.write_hdr_png16(ref / f"{sid}_gt.png", ref / f"{sid}_alignratio.npy", np.ones((24, 32, 3), np.float32))
     name, word = "res/1.png", "official"
   else:
     (res_dir / "0002.png").rename(res_dir / "x.png")  # names without ids: counts must match
     (res_dir / "0002_alignratio.npy").rename(res_dir / "x.npy")
     (res_dir / "y.png").write_bytes((res_dir / "x.png").read_bytes())
     name, word = "res", "pairs the sorted lists"
-  with pytest.raises(io.DataError) as e:
+  with pytest.raises(fileio.DataError) as e:
     score.score_folders(ref, res_dir)
   assert name in str(e.value) and word in str(e.value)
 
@@ -209,7 +209,7 @@ def test_nan_score_is_an_error(tmp_path):
   ref, res = tmp_path / "ref", tmp_path / "res"
   img = np.zeros((24, 32, 3), np.float32)
   img[0, 0] = 1.0  # max > 0 but the 99th percentile is 0: tanh(0 / 0) is NaN
-  io.write_hdr_png16(ref / "0000_gt.png", ref / "0000_alignratio.npy", img)
-  io.write_result(res, "0000", img + 0.5)
-  with pytest.raises(io.DataError, match="NaN"):
+  fileio.write_hdr_png16(ref / "0000_gt.png", ref / "0000_alignratio.npy", img)
+  fileio.write_result(res, "0000", img + 0.5)
+  with pytest.raises(fileio.DataError, match="NaN"):
     score.score_folders(ref, res)

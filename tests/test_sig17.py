@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from hdr_jax import hdr_math, sig17, synthesize
-from hdr_jax import io as hio
-from hdr_jax.io import cv2
+from hdr_jax import fileio
+from hdr_jax.fileio import cv2
 
 ROOT = Path(__file__).resolve().parents[1]
 H, W = 24, 32
@@ -150,7 +150,7 @@ BREAKS = {
     "not increasing": (lambda d: (d / "exposure.txt").write_text("0 4 2"), "exposure.txt", "increasing"),
     "not finite": (lambda d: (d / "exposure.txt").write_text("0 nan 4"), "exposure.txt", "finite"),
     "corrupt label": (lambda d: (d / "HDRImg.hdr").write_bytes(b"#?RADIANCE\nnothing"), "HDRImg.hdr", "Radiance"),
-    "label size": (lambda d: hio.write_radiance_hdr(d / "HDRImg.hdr", np.ones((H, W + 2, 3), np.float32)),
+    "label size": (lambda d: fileio.write_radiance_hdr(d / "HDRImg.hdr", np.ones((H, W + 2, 3), np.float32)),
                    "HDRImg.hdr", "differs"),
 }
 
@@ -161,7 +161,7 @@ def test_reader_errors_name_the_file(sig17_root, tmp_path, name):
   scene = tmp_path / "Training" / "007"
   shutil.copytree(sig17_root / "0001", scene)
   edit(scene)
-  with pytest.raises(hio.DataError) as e:
+  with pytest.raises(fileio.DataError) as e:
     sig17.validate_scenes(tmp_path / "Training", require_gt=True)
   msg = str(e.value)
   assert "\n" not in msg and words in msg
@@ -170,9 +170,9 @@ def test_reader_errors_name_the_file(sig17_root, tmp_path, name):
 
 def test_no_scenes_and_mixed_protocols(sig17_root, tmp_path, tiny_scene_dir):
   (tmp_path / "empty" / "sub").mkdir(parents=True)
-  with pytest.raises(hio.DataError, match="no scenes found"):
+  with pytest.raises(fileio.DataError, match="no scenes found"):
     sig17.validate_scenes(tmp_path / "empty")
-  with pytest.raises(hio.DataError, match="no SIG17 scenes found"):
+  with pytest.raises(fileio.DataError, match="no SIG17 scenes found"):
     sig17.validate_scenes(tmp_path / "empty", "sig17")
   assert sig17.detect_layout(tiny_scene_dir) == "ntire"
   from hdr_jax import config_base
@@ -181,7 +181,7 @@ def test_no_scenes_and_mixed_protocols(sig17_root, tmp_path, tiny_scene_dir):
   with pytest.raises(ValueError, match="different layouts"):
     sig17.apply_protocol(c, sig17_root, tiny_scene_dir)
   c.data.protocol = "sig17"
-  with pytest.raises(hio.DataError, match="is a ntire folder"):
+  with pytest.raises(fileio.DataError, match="is a ntire folder"):
     sig17.apply_protocol(c, tiny_scene_dir)
   c = config_base.get_base_config()
   c.model.name = "vam"
@@ -228,7 +228,7 @@ def test_official_ahdrnet_on_sig17_equals_convert_and_predict(sig17_root, tmp_pa
           for f, e in zip(frames, stops)]
     with torch.no_grad():
       want = net(*[torch.from_numpy(np.ascontiguousarray(x, np.float32)) for x in xs])[0].permute(1, 2, 0).numpy()
-    got = hio.read_exr(out / f"{s.scene_id}.exr")  # the linear SIG17 prediction = the official sigmoid output
+    got = fileio.read_exr(out / f"{s.scene_id}.exr")  # the linear SIG17 prediction = the official sigmoid output
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
@@ -246,7 +246,7 @@ def test_score_sig17_and_its_errors(sig17_root, tmp_path, capsys):
   rng = np.random.default_rng(3)
   for s in sig17.discover_scenes(sig17_root):
     pred = read_hdr_cv2(s.label) * rng.uniform(0.7, 1.3, (H, W, 3)).astype(np.float32)
-    hio.write_radiance_hdr(res / f"{s.scene_id}.hdr", pred)
+    fileio.write_radiance_hdr(res / f"{s.scene_id}.hdr", pred)
   rc, out, err = _score(capsys, f"--ref={sig17_root}", f"--res={res}", f"--json={tmp_path / 's.json'}")
   assert rc == 0, err
   result = json.loads((tmp_path / "s.json").read_text())
@@ -260,15 +260,15 @@ def test_score_sig17_and_its_errors(sig17_root, tmp_path, capsys):
   rc, _, err = _score(capsys, f"--ref={sig17_root}", f"--res={res}")
   assert rc == 1 and "0002.hdr: file is missing" in err and err.count("\n") == 1
   (res / "0002.exr.bak").rename(res / "0002.hdr")
-  hio.write_radiance_hdr(res / "0009.hdr", np.ones((H, W, 3), np.float32))
+  fileio.write_radiance_hdr(res / "0009.hdr", np.ones((H, W, 3), np.float32))
   rc, _, err = _score(capsys, f"--ref={sig17_root}", f"--res={res}")
   assert rc == 1 and "0009.hdr: extra result" in err
   (res / "0009.hdr").unlink()
-  hio.write_exr(res / "0001.exr", np.ones((H, W, 3), np.float32))
+  fileio.write_exr(res / "0001.exr", np.ones((H, W, 3), np.float32))
   rc, _, err = _score(capsys, f"--ref={sig17_root}", f"--res={res}")
   assert rc == 1 and "two results for scene 0001" in err
   (res / "0001.exr").unlink()
-  hio.write_radiance_hdr(res / "0000.hdr", np.ones((H - 4, W, 3), np.float32))
+  fileio.write_radiance_hdr(res / "0000.hdr", np.ones((H - 4, W, 3), np.float32))
   rc, _, err = _score(capsys, f"--ref={sig17_root}", f"--res={res}")
   assert rc == 1 and "0000.hdr: size 20x32 differs" in err
   rc, _, err = _score(capsys, f"--ref={tmp_path / 'nowhere'}", f"--res={res}")

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hdr_jax import hdr_math, io, synthesize
+from hdr_jax import hdr_math, fileio, synthesize
 
 
 
@@ -29,10 +29,10 @@ def _well_exposed_agreement(scene):
 def test_folder_is_valid_and_deterministic(tmp_path):
   ids = synthesize.synthesize_folder(tmp_path / "a", 3, 40, 56, seed=5, verbose=False)
   assert ids == ["0000", "0001", "0002"]
-  scenes = io.validate_folder(tmp_path / "a", require_gt=True, decode=True)
+  scenes = fileio.validate_folder(tmp_path / "a", require_gt=True, decode=True)
   assert [s.scene_id for s in scenes] == ids
   for s in scenes:
-    d = io.read_scene(s)
+    d = fileio.read_scene(s)
     assert d["frames"].shape == (3, 40, 56, 3) and d["gt"].shape == (40, 56, 3)
     assert tuple(d["exposures"]) in synthesize.EV_SETS
   synthesize.synthesize_folder(tmp_path / "b", 3, 40, 56, seed=5, verbose=False)
@@ -49,7 +49,7 @@ def test_scene_does_not_depend_on_count(tmp_path):
   assert sorted(one) == sorted(k for k in many if k.startswith("0002_"))
   assert all(one[k] == many[k] for k in one)
   direct = synthesize.synthesize_scene(synthesize.scene_rng(2, 2), 32, 32)
-  written = io.read_scene(io.discover_scenes(tmp_path / "one")[0])
+  written = fileio.read_scene(fileio.discover_scenes(tmp_path / "one")[0])
   np.testing.assert_array_equal(direct["frames"].astype(np.float32) / 255, written["frames"])
   np.testing.assert_allclose(written["gt"], direct["gt"], atol=direct["gt"].max() / 65535)
 
@@ -112,7 +112,7 @@ def test_motion_creates_ghosts(seed):
 def test_real_radiance_map(tmp_path, shared_hdr_files):
   carrots = next(f for f in shared_hdr_files if f.name == "Carrots.exr")
   synthesize.synthesize_folder(tmp_path, 2, 48, 64, hdr_files=[carrots], seed=1, verbose=False)
-  scenes = [io.read_scene(s) for s in io.validate_folder(tmp_path, require_gt=True, decode=True)]
+  scenes = [fileio.read_scene(s) for s in fileio.validate_folder(tmp_path, require_gt=True, decode=True)]
   assert not np.array_equal(scenes[0]["frames"], scenes[1]["frames"])  # different crops
   s = synthesize.synthesize_scene(synthesize.scene_rng(1, 0), 48, 64, hdr_source=carrots)
   np.testing.assert_array_equal(s["frames"].astype(np.float32) / 255, scenes[0]["frames"])
@@ -137,13 +137,13 @@ def test_cli(tmp_path):
   r = _cli(f"--out={tmp_path / 'ok'}", "--scenes=2", "--height=32", "--width=40", "--seed=3")
   assert r.returncode == 0, r.stderr
   assert "2 scenes" in r.stdout and "32x40" in r.stdout
-  assert len(io.validate_folder(tmp_path / "ok", require_gt=True, decode=True)) == 2
+  assert len(fileio.validate_folder(tmp_path / "ok", require_gt=True, decode=True)) == 2
 
 
 def test_ensure_dataset_idempotent_atomic_and_checked(tmp_path, monkeypatch):
   root = tmp_path / "ds"
   # A crash mid-way leaves neither the folder nor a temporary sibling behind.
-  real_write = io.write_scene
+  real_write = fileio.write_scene
   calls = []
 
   def failing_write(*args, **kwargs):
@@ -161,13 +161,13 @@ def test_ensure_dataset_idempotent_atomic_and_checked(tmp_path, monkeypatch):
   assert synthesize.ensure_dataset(root, 3, 32, 32, seed=1, verbose=False) == root
   assert [p.name for p in tmp_path.iterdir()] == ["ds"]
   assert (root / synthesize.MARKER).is_file()
-  assert len(io.validate_folder(root, require_gt=True, decode=True)) == 3
+  assert len(fileio.validate_folder(root, require_gt=True, decode=True)) == 3
   synthesize.synthesize_folder(tmp_path / "ref", 3, 32, 32, seed=1, verbose=False)
   assert {k: v for k, v in _bytes(root).items() if k != synthesize.MARKER} == _bytes(tmp_path / "ref")
 
   opt = tmp_path / "opt"  # scene options are part of the parameters (and survive the JSON marker)
   synthesize.ensure_dataset(opt, 1, 32, 32, verbose=False, ev_sets=((-2.0, 0.0, 2.0),))
-  with pytest.raises(io.DataError, match="options"):
+  with pytest.raises(fileio.DataError, match="options"):
     synthesize.ensure_dataset(opt, 1, 32, 32, verbose=False)
 
   before = _bytes(root)
@@ -175,18 +175,18 @@ def test_ensure_dataset_idempotent_atomic_and_checked(tmp_path, monkeypatch):
   assert synthesize.ensure_dataset(root, 3, 32, 32, seed=1, verbose=False) == root
   assert synthesize.ensure_dataset(opt, 1, 32, 32, verbose=False, ev_sets=[[-2, 0, 2]]) == opt
   assert _bytes(root) == before
-  with pytest.raises(io.DataError, match="scenes=3"):
+  with pytest.raises(fileio.DataError, match="scenes=3"):
     synthesize.ensure_dataset(root, 4, 32, 32, seed=1)
-  with pytest.raises(io.DataError, match="seed"):
+  with pytest.raises(fileio.DataError, match="seed"):
     synthesize.ensure_dataset(root, 3, 32, 32, seed=2)
   (tmp_path / "other").mkdir()
   (tmp_path / "other" / "notes.txt").write_text("mine")
-  with pytest.raises(io.DataError, match="not a complete synthesized dataset"):
+  with pytest.raises(fileio.DataError, match="not a complete synthesized dataset"):
     synthesize.ensure_dataset(tmp_path / "other", 3, 32, 32)
 
 
 def test_default_cache_dir(monkeypatch, tmp_path):
   monkeypatch.setenv("HDR_JAX_CACHE", str(tmp_path))
-  assert synthesize.default_cache_dir() == tmp_path
+  assert fileio.default_cache_dir() == tmp_path
   monkeypatch.delenv("HDR_JAX_CACHE")
-  assert synthesize.default_cache_dir() == Path.home() / ".cache" / "hdr_jax"
+  assert fileio.default_cache_dir() == Path.home() / ".cache" / "hdr_jax"

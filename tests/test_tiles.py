@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hdr_jax import data, io, tiles
+from hdr_jax import data, fileio, tiles
 from conftest import cli_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,9 +23,9 @@ def folders(tmp_path_factory):
   for i in range(5):
     frames = rng.integers(0, 256, (3, H, W, 3), dtype=np.uint8)
     gt = (rng.uniform(0.0, 3.0, (H, W, 3)) ** 2).astype(np.float32)
-    io.write_scene(root / "png", f"{i:04d}", frames, [-(i + 2.0), 0.0, 2.0], gt)
+    fileio.write_scene(root / "png", f"{i:04d}", frames, [-(i + 2.0), 0.0, 2.0], gt)
   for i in range(2):  # a folder without targets (a test split)
-    io.write_scene(root / "png_test", f"{i + 10:04d}", rng.integers(0, 256, (3, H, W, 3), dtype=np.uint8),
+    fileio.write_scene(root / "png_test", f"{i + 10:04d}", rng.integers(0, 256, (3, H, W, 3), dtype=np.uint8),
                    [-2.0, 0.0, 2.0])
   run = subprocess.run([sys.executable, "-m", "hdr_jax.tiles", f"--input={root / 'png'}",
                         f"--output={root / 'tiles'}", f"--tile={TILE}", "--workers=2"],
@@ -119,9 +119,9 @@ def test_train_entry_point_reads_tiles(folders, tmp_path):
 
 
 def test_damaged_or_unfinished_data_is_named(folders, tmp_path):
-  with pytest.raises(io.DataError, match=r"tiles\.json: is missing"):
+  with pytest.raises(fileio.DataError, match=r"tiles\.json: is missing"):
     tiles.TiledSource(tmp_path)
-  with pytest.raises(io.DataError, match="no prepared dataset here: neither tiles.json"):
+  with pytest.raises(fileio.DataError, match="no prepared dataset here: neither tiles.json"):
     data.open_prepared(tmp_path)
   # An interrupted preparation (no tiles.json) is not a dataset; a finished one is not overwritten.
   out = tmp_path / "out"
@@ -133,7 +133,7 @@ def test_damaged_or_unfinished_data_is_named(folders, tmp_path):
     (broken / p.name).parent.mkdir(exist_ok=True)
     (broken / p.name).write_bytes(p.read_bytes())
   (broken / "0002_long.png").write_bytes((folders / "png" / "0002_long.png").read_bytes()[:200])
-  with pytest.raises(io.DataError, match="0002_long.png"):
+  with pytest.raises(fileio.DataError, match="0002_long.png"):
     tiles.prepare(broken, out, tile=TILE, workers=1, verbose=False)
   assert not (out / tiles.INDEX).exists()
   # Damaged files: truncated, and one flipped byte inside a tile.
@@ -143,7 +143,7 @@ def test_damaged_or_unfinished_data_is_named(folders, tmp_path):
     (copy / p.name).write_bytes(p.read_bytes())
   blob = bytearray((copy / "0001.tiles").read_bytes())
   (copy / "0001.tiles").write_bytes(bytes(blob[:-10]))
-  with pytest.raises(io.DataError, match=r"0001\.tiles: truncated or corrupt"):
+  with pytest.raises(fileio.DataError, match=r"0001\.tiles: truncated or corrupt"):
     tiles.TiledSource(copy)  # found before any training step
   (copy / "0001.tiles").write_bytes((folders / "tiles" / "0001.tiles").read_bytes())
   header, offsets, start = tiles._read_header(folders / "tiles" / "0003.tiles")
@@ -152,13 +152,13 @@ def test_damaged_or_unfinished_data_is_named(folders, tmp_path):
   blob[at:at + 8] = b"\x00" * 8
   (copy / "0003.tiles").write_bytes(bytes(blob))
   src = tiles.TiledSource(copy)
-  with pytest.raises(io.DataError, match=r"0003\.tiles: corrupt tile \(row 0, column 1, image 1\)"):
+  with pytest.raises(fileio.DataError, match=r"0003\.tiles: corrupt tile \(row 0, column 1, image 1\)"):
     np.asarray(src[3]["frames"])
   # A scene file that does not belong to its place in tiles.json.
   (copy / "0002.tiles").write_bytes((folders / "tiles" / "0000.tiles").read_bytes())
-  with pytest.raises(io.DataError, match=r"0002\.tiles: header \(scene 0000.*does not match tiles\.json \(scene 0002"):
+  with pytest.raises(fileio.DataError, match=r"0002\.tiles: header \(scene 0000.*does not match tiles\.json \(scene 0002"):
     tiles.TiledSource(copy)
   (copy / "0002.tiles").write_bytes((folders / "tiles" / "0002.tiles").read_bytes())
   (copy / "0004.tiles").unlink()
-  with pytest.raises(io.DataError, match=r"0004\.tiles: file is missing"):
+  with pytest.raises(fileio.DataError, match=r"0004\.tiles: file is missing"):
     tiles.TiledSource(copy)

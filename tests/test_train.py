@@ -213,8 +213,7 @@ def test_overfitting_a_few_scenes_beats_the_medium_frame(tmp_path):
   import jax
 
   from hdr_jax import config_base, data, engine, evaluation, synthesize
-  from hdr_jax import io as hio
-
+  from hdr_jax import fileio
   seed = 3
   root = synthesize.ensure_dataset(tmp_path / "data", 2, 64, 64, seed=seed, verbose=False)
   c = config_base.get_base_config()
@@ -225,7 +224,7 @@ def test_overfitting_a_few_scenes_beats_the_medium_frame(tmp_path):
   e = engine.Engine(c)
   state = e.init_state(jax.random.key(seed))
   it = data.make_train_iterator(data.NtireSource(root), patch_size=64, global_batch_size=2, seed=seed)
-  scenes = hio.validate_folder(root, require_gt=True)
+  scenes = fileio.validate_folder(root, require_gt=True)
   start, _ = evaluation.evaluate_scenes(e, state, scenes)
   for i in range(300):
     state, m = e.train_step(state, e.global_batch(next(it)), jax.random.key(i))

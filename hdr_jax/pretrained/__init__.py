@@ -11,8 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hdr_jax import io as hio
-
+from hdr_jax import fileio
 ROOT = Path(__file__).resolve().parent
 CARD = "MODEL.json"
 
@@ -26,7 +25,7 @@ def path(name: str) -> Path:
   """The workdir of the shipped model ``name``; a ``DataError`` listing the available ones otherwise."""
   names = available()
   if name not in names:
-    raise hio.DataError(f"--pretrained={name}", f"no such shipped model; available: {', '.join(names) or 'none'}")
+    raise fileio.DataError(f"--pretrained={name}", f"no such shipped model; available: {', '.join(names) or 'none'}")
   return ROOT / name
 
 
@@ -51,13 +50,13 @@ def export(workdir, name: str, card: dict, step: int | None = None) -> Path:
 
   from hdr_jax import checkpoint
 
-  src = hio.workdir_path(workdir)
+  src = fileio.workdir_path(workdir)
   config = checkpoint.load_config(src)
   ckpts = checkpoint.Checkpoints(src, read_only=True)
   step = ckpts.latest_step() if step is None else int(step)
   ckpts.close()
   if step is None:
-    raise hio.DataError(src, "no checkpoint to export")
+    raise fileio.DataError(src, "no checkpoint to export")
 
   def local_paths_cut(cfg: dict) -> dict:
     data = dict(cfg["data"], root=None, val_root=None, prepared=None, cache_dir=None)

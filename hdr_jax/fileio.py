@@ -495,3 +495,8 @@ def write_result(folder, scene_id: str, hdr, fmt: str = "ntire") -> list[Path]:
   else:
     raise ValueError(f"unknown output format {fmt!r} (ntire, exr or hdr)")
   return paths
+
+
+def default_cache_dir() -> Path:
+  """``$HDR_JAX_CACHE``, else ``~/.cache/hdr_jax``."""
+  return Path(os.environ.get("HDR_JAX_CACHE") or Path.home() / ".cache" / "hdr_jax")
