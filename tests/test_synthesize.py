@@ -152,11 +152,11 @@ def test_ensure_dataset_idempotent_atomic_and_checked(tmp_path, monkeypatch):
       raise RuntimeError("disk full")
     real_write(*args, **kwargs)
 
-  monkeypatch.setattr(io, "write_scene", failing_write)
+  monkeypatch.setattr(fileio, "write_scene", failing_write)
   with pytest.raises(RuntimeError, match="disk full"):
     synthesize.ensure_dataset(root, 3, 32, 32, seed=1, verbose=False)
   assert list(tmp_path.iterdir()) == []
-  monkeypatch.setattr(io, "write_scene", real_write)
+  monkeypatch.setattr(fileio, "write_scene", real_write)
 
   assert synthesize.ensure_dataset(root, 3, 32, 32, seed=1, verbose=False) == root
   assert [p.name for p in tmp_path.iterdir()] == ["ds"]
