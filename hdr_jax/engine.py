@@ -99,7 +99,18 @@ class Engine:
   def param_count(self, state) -> int:
     """How many trained parameters ``state`` holds (``task.param_state``: an EMA copy or a frozen part is
     not counted)."""
-    return int(sum(x.size for x in jax.tree.leaves(self.task.param_state(self.bundle(state)))))
+    from clu import parameter_overview
+
+    return int(parameter_overview.count_parameters(self._trained(state)))
+
+  def param_overview(self, state) -> str:
+    """The table of trained parameters (name, shape, dtype, size, mean, std; ``clu.parameter_overview``)."""
+    from clu import parameter_overview
+
+    return parameter_overview.get_parameter_overview(self._trained(state))
+
+  def _trained(self, state) -> dict:
+    return self.task.param_state(self.bundle(state)).to_pure_dict()
 
   # ---------------------------------------------------------------------------------------------
   def _make_train(self):

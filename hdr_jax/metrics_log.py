@@ -86,6 +86,16 @@ class MetricWriter:
         self._jsonl.close()
 
 
+def window_means(rows: list[dict]) -> dict:
+  """Per-key means of a window of per-step metrics (``{name: float}`` each), with ``clu.metrics.Average``
+  (in float32, the precision the steps computed them in)."""
+  import jax.numpy as jnp
+  from clu import metrics
+
+  return {k: float(metrics.Average.from_model_output(jnp.asarray([r[k] for r in rows], jnp.float32)).compute())
+          for k in rows[0]}
+
+
 def tonemap_for_display(hdr_gamma, ref_gamma=None):
   """Tone-maps a gamma-domain HDR image for viewing: the PSNR-mu tone map, normalised by the 99th
   percentile of the reference (or of the image itself), then gamma-encoded for display."""

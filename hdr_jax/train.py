@@ -112,6 +112,8 @@ def train_and_evaluate(config, workdir) -> dict:
   if primary and start_step == 0:
     n_params = engine.param_count(state)
     writer.write_scalars(0, {"num_params": n_params})
+    fileio.atomic_write_bytes(fileio.workdir_path(workdir) / "parameters.txt",
+                              (engine.param_overview(state) + "\n").encode())
     print(f"{config.model.name}: {n_params:,} parameters; {jax.device_count()} device(s) "
           f"({jax.devices()[0].platform}), {jax.process_count()} process(es); "
           f"data: {config.data.prepared or train_dir}", flush=True)
@@ -183,7 +185,7 @@ def train_and_evaluate(config, workdir) -> dict:
         pending = None
       if at_log and window:
         dt = time.perf_counter() - t_window
-        scalars = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+        scalars = metrics_log.window_means(window)
         scalars.update(steps_per_sec=len(window) / dt, crops_per_sec=len(window) * config.batch_size / dt,
                        learning_rate=float(task.lr(step)))
         writer.write_scalars(step, scalars, prefix="train/")
