@@ -18,8 +18,8 @@ reads their pixels and exposures, and aligns hand-held brackets:
   not exactly a power law; that gamma is the stated assumption for photos.
 * Alignment (:func:`align_frames`): ``mtb`` (default) shifts the short and long frames onto the medium
   by the median-threshold-bitmap translation (:func:`mtb_shift`, Ward's method, up to 63 pixels): it is
-  insensitive to exposure by construction, cannot diverge, costs about 1.5 s per frame pair at 24 MP
-  on a 2-core CPU, and hand-held shake between bracket frames is mostly translation. ``ecc`` fits a homography (``ecc-affine``: an affine
+  insensitive to exposure by construction, cannot diverge, is cheap at 24 MP (benchmarks/RESULTS.md),
+  and hand-held shake between bracket frames is mostly translation. ``ecc`` fits a homography (``ecc-affine``: an affine
   map) with ``findTransformECC`` on exposure-normalised grey frames, coarse to fine, for brackets with
   rotation or perspective change; ``none`` for a tripod. Uncovered borders repeat the edge pixels.
 """

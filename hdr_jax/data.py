@@ -357,7 +357,7 @@ def random_patch(element: dict, rng: np.random.Generator, *, patch_size: int, au
 
 class _ShuffleRepeat(grain.MapDataset):
   """``parent`` repeated ``num_epochs`` times (None: forever), every epoch in its own permutation seeded
-  by ``(seed, epoch)``. (grain's ``shuffle`` costs ~10 ms per element on datasets of a few scenes.)"""
+  by ``(seed, epoch)``. (grain's ``shuffle`` is slow per element on datasets of a few scenes.)"""
 
   def __init__(self, parent: grain.MapDataset, *, seed: int, num_epochs: int | None):
     super().__init__(parent)

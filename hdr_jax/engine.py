@@ -70,7 +70,7 @@ class Engine:
     """Creates the task's bundle and returns its state, replicated over the mesh."""
     # Initialised in one compiled program directly into its sharding (eager construction compiles one
     # small program per distinct parameter shape, which is slow).
-    # Non-partitionable threefry: XLA compiles this program ~3.5x faster on CPU (the state is
+    # Non-partitionable threefry: XLA compiles this program much faster on CPU (the state is
     # replicated, so partitionable random bits buy nothing here).
     with jax.threefry_partitionable(False):
       init = jax.jit(lambda k: nnx.state(self.task.create(k)), out_shardings=self.replicated)

@@ -172,7 +172,7 @@ class DRDB(nnx.Module):
   same computation and much faster to differentiate under XLA.
 
   ``form`` chooses how the dense layers are evaluated; the parameters and the function are the same
-  (``'scatter'``, the default, is 1.2-2x faster on an H100: benchmarks/RESULTS.md):
+  (``'scatter'``, the default, is the faster one on GPU: benchmarks/RESULTS.md):
 
   - ``'concat'`` (the paper's wiring): layer ``l`` convolves the concatenation of the block input and
     all earlier layer outputs. Each concatenation is a full copy of everything before it.
