@@ -327,8 +327,10 @@ def bench_torch(args, variants, over_deadline=lambda: False, on_variant=None) ->
         out["variants"][variant] = {"error": f"{type(e).__name__}: {e}"[:2000]}
     res = out["variants"][variant]
     breaks = f", {res['graph_breaks']} graph breaks" if res.get("graph_breaks") is not None else ""
-    state = (f"{1e3 * res['s_per_step']:.3f} ms/step (first run {res['first_call_s']:.1f} s{breaks})" if "s_per_step" in res
-             else ("SKIPPED " + res["skipped"]) if "skipped" in res else "FAILED " + res["error"].splitlines()[0])
+    if "s_per_step" in res:
+      state = f"{1e3 * res['s_per_step']:.3f} ms/step (first run {res['first_call_s']:.1f} s{breaks})"
+    else:
+      state = ("SKIPPED " + res["skipped"]) if "skipped" in res else "FAILED " + res["error"].splitlines()[0]
     print(f"torch/{variant} ({dev}): {state}", flush=True)
     if on_variant:
       on_variant(out)
@@ -389,7 +391,8 @@ def _torch_variant(args, variant: str, base, c: dict, ts) -> dict:
   n = len(ts)
   return {"s_per_step": t["median_s"] / n, "first_call_s": first_s, "compile_s": max(0.0, first_s - t["median_s"]),
           "timing": t, "finite": finite, "memory_format": "channels_last" if tuned else "contiguous",
-          "grad_mode": "inference_mode" if tuned else "no_grad", "compile_mode": common.TORCH_COMPILE_MODES.get(variant),
+          "grad_mode": "inference_mode" if tuned else "no_grad",
+          "compile_mode": common.TORCH_COMPILE_MODES.get(variant),
           "cuda_graphs": graphs, "graph_breaks": breaks if step_fn is not step else None, **common.torch_settings()}
 
 
@@ -492,7 +495,8 @@ def run_size(args, size: str, peak, variants, over_deadline, save) -> dict:
     peers = {v: r.get("s_per_step") for v, r in torch_res["variants"].items()}
     for v, s in peers.items():
       if s:
-        rows.append((f"PyTorch {v} ({torch_res['device']}, {torch_res['params'] / 1e6:.2f} M)", s, args.steps, "torch", v))
+        name = f"PyTorch {v} ({torch_res['device']}, {torch_res['params'] / 1e6:.2f} M)"
+        rows.append((name, s, args.steps, "torch", v))
     measured = {v: s for v, s in peers.items() if s}
     if len(measured) > 1:
       fastest = min(measured, key=measured.get)
@@ -513,7 +517,8 @@ def run_size(args, size: str, peak, variants, over_deadline, save) -> dict:
                            "s_per_sample": s * n, "tflops": tflops, "mfu": mfu, "loop_speedup": speedup})
   for v, r in (torch_res or {}).get("variants", {}).items():
     if "s_per_step" not in r:
-      print(f"PyTorch {v}: " + (f"SKIPPED {r['skipped']}" if "skipped" in r else f"FAILED {r['error'].splitlines()[0]}"))
+      why = f"SKIPPED {r['skipped']}" if "skipped" in r else f"FAILED {r['error'].splitlines()[0]}"
+      print(f"PyTorch {v}: {why}")
   print(f"compiled loop: {res['compile_loop_s']:.1f} s to compile"
         + (f"; speed-up over Python stepping {res['python_s_per_step'] / res['compiled_s_per_step']:.2f}x"
            if res["python_s_per_step"] else "")

@@ -26,7 +26,8 @@
 # Knobs (environment): BUDGET, SKIP (comma-separated step names: preflight, ahdr_bf16, ddpm, ahdr_f32,
 # opt_ddpm_<name>, opt_frame_<name>), OPTIONS, AHDR_TIMEOUT, DDPM_TIMEOUT, OPT_TIMEOUT, F32_TIMEOUT,
 # TORCH_VARIANTS (the sampler's PyTorch variants), MAX_AUTOTUNE=1 (adds torch.compile max-autotune to
-# both peers' runs: minutes of compiling, raise BUDGET).
+# the sampler's PyTorch variants: minutes of compiling, raise BUDGET and DDPM_TIMEOUT). ISSUE20_TINY
+# replaces BUDGET with BUDGET_TINY (3600 s) and multiplies the timeouts by 4.
 BUDGET=${BUDGET:-530}
 GPU_DEFAULT_OUT=issue20
 if [ -n "${ISSUE20_TINY:-}" ]; then BUDGET=${BUDGET_TINY:-3600}; fi

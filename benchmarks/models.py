@@ -31,9 +31,9 @@ float32 with PyTorch's defaults (TF32 allowed in convolutions: ``cudnn.allow_tf3
 convolutions too). ``--torch_compile`` adds ``torch.compile`` of the tuned model (shapes specialised, so
 the frame compiles its own static kernels after the train step's; skipped with the error recorded when it
 fails). Full-frame inference runs each variant's model (channels_last, compiled) under
-``torch.inference_mode`` and, for bfloat16 rows, the same autocast. JAX rows of ``ahdrnet`` show the speed ratio JAX/PyTorch = PyTorch time / JAX
-time (> 1: JAX faster) against each variant and against the fastest one of the run (``best``, the
-strongest peer).
+``torch.inference_mode`` and, for bfloat16 rows, the same autocast. JAX rows of ``ahdrnet`` show the
+speed ratio JAX/PyTorch = PyTorch time / JAX time (> 1: JAX faster) against each variant and against the
+fastest one of the run (``best``, the strongest peer).
 
 ``--pipeline``: crops/s delivered by ``hdr_jax.data.make_train_iterator`` over a synthesised NTIRE folder
 (``--pipeline_height`` x ``--pipeline_width``): its tiles (``hdr_jax.tiles``), the prepared ArrayRecord

@@ -240,7 +240,8 @@ def test_gpu_targets_table_from_the_runs_json(tmp_path):
 
   def models_row(framework, variant, train=None, infer=None):
     return {"model": "ahdrnet", "model_name": "ahdrnet", "dtype": "bfloat16", "framework": framework,
-            "variant": variant, "train": {"ms_per_step": train} if train else {}, "infer": {"ms": infer} if infer else {}}
+            "variant": variant, "train": {"ms_per_step": train} if train else {},
+            "infer": {"ms": infer} if infer else {}}
 
   (tmp_path / "ahdr_bf16.json").write_text(json.dumps({
       "device": {"device_kind": "NVIDIA H100"}, "settings": {"batch": 8, "patch": 256, "height": 1060, "width": 1900},
@@ -249,7 +250,8 @@ def test_gpu_targets_table_from_the_runs_json(tmp_path):
   (tmp_path / "ddpm.json").write_text(json.dumps({
       "args": {"steps": 1000, "batch": 8, "height": 128, "width": 128, "dtype": "bfloat16"},
       "sizes": {"full": {"jax": {"params": 34_340_000, "compiled_total_s": 3.0},
-                         "torch": {"variants": {"eager": {"s_per_step": 0.016}, "reduce-overhead": {"s_per_step": 0.006},
+                         "torch": {"variants": {"eager": {"s_per_step": 0.016},
+                                                "reduce-overhead": {"s_per_step": 0.006},
                                                 "compile": {"error": "no compiler"}}}}}}))
   (tmp_path / "opt_ddpm_batch16.json").write_text(json.dumps({
       "args": {"steps": 1000, "batch": 16}, "xla_flags": "", "sizes": {"full": {"jax": {"compiled_total_s": 4.0}}}}))
