@@ -9,16 +9,20 @@ training scenes synthesised from real radiance maps mixed with procedural ones:
 
   python -m hdr_jax.train --config=configs/ahdrnet.py:cpu --workdir=runs/ahdrnet_cpu \
       --config.data.embedded.hdr_files="('procedural', 'a.exr', 'b.exr', 'c.exr')"
+
+``:tiny`` is the tests' size: 16 channels, one DRDB of two dense layers, a constant learning rate, and
+the tiny run of every ``:tiny`` variant (``config_base.set_tiny``: batches of 2 x 32x32 from 4 embedded
+scenes of 48x64).
 """
 
-from hdr_jax.config_base import get_base_config
+from hdr_jax.config_base import get_base_config, set_tiny
 from hdr_jax.constants import GAMMA
 
 
 def get_config(arg: str = ""):
   arg = (arg or "").strip()
-  if arg not in ("", "cpu"):
-    raise ValueError(f"configs/ahdrnet.py: unknown variant {arg!r} (use '' or 'cpu')")
+  if arg not in ("", "cpu", "tiny"):
+    raise ValueError(f"configs/ahdrnet.py: unknown variant {arg!r} (use '', 'cpu' or 'tiny')")
   c = get_base_config()
   c.model.name = "ahdrnet"
   c.model.channels = 64
@@ -44,4 +48,8 @@ def get_config(arg: str = ""):
     # Every other scene procedural, the rest from the radiance maps given (see the docstring).
     c.data.embedded.update(train_scenes=512, height=128, width=128, val_scenes=4, val_height=128, val_width=192,
                            hdr_files=("procedural",))
+  if arg == "tiny":
+    c.model.update(channels=16, growth=8, n_blocks=1, n_dense=2)
+    c.optimizer.schedule = "constant"
+    set_tiny(c)
   return c

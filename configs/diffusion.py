@@ -25,6 +25,10 @@ Other useful switches: ``--config.sampler.name=ddim --config.sampler.steps=50`` 
 ``--config.model.cond_encoder=vam_drdb`` (the VAM+DRDB encoder on CPU, with the light stem below:
 about 4x the CPU time per training step), ``--config.model.cond_encoder=conv`` (at full scale),
 ``--config.model.conditional=False`` (unconditional HDR generation, as the source project).
+
+``:tiny`` is the tests' size: a two-level U-Net of 8 channels (attention at the lower level), a merge-head
+AHDRNet estimator of 8 channels, 10 diffusion steps and DDIM-2 sampling, batches of 2 x 16x16 from 2
+embedded scenes of 32x32 (one validation scene of 24x40), no warmup of the U-Net's learning rate.
 """
 
 import ml_collections
@@ -34,8 +38,8 @@ from hdr_jax.config_base import get_base_config
 
 def get_config(arg: str = ""):
   arg = (arg or "").strip()
-  if arg not in ("", "full", "unconditional"):
-    raise ValueError(f"configs/diffusion.py: unknown variant {arg!r} (use '', 'full' or 'unconditional')")
+  if arg not in ("", "full", "unconditional", "tiny"):
+    raise ValueError(f"configs/diffusion.py: unknown variant {arg!r} (use '', 'full', 'unconditional' or 'tiny')")
   c = get_base_config()
   c.task = "diffusion"
 
@@ -139,4 +143,15 @@ def get_config(arg: str = ""):
     c.model.conditional = False
     c.diffusion.estimate = "none"
     c.diffusion.prediction = "eps"
+  if arg == "tiny":
+    c.model.update(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_levels=(1,), head_dim=8, groups=4, cond_channels=4,
+                   cond_conv_hidden=8)
+    c.estimator.update(channels=8, growth=4, n_blocks=1, n_dense=2)
+    c.diffusion.timesteps = 10
+    c.sampler.steps = 2
+    c.batch_size = 2
+    c.optimizer.warmup_steps = 0
+    c.data.patch_size = 16
+    c.data.embedded.update(train_scenes=2, val_scenes=1, height=32, width=32, val_height=24, val_width=40)
+    c.progress = False
   return c

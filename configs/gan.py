@@ -12,6 +12,11 @@ ahdrnet), so ``--config.model.<argument>=...`` overrides work as for regression.
 switches: ``--config.gan.d_steps=2``, ``--config.gan.loss=minimax``,
 ``--config.disc.spectral_norm=False --config.disc.norm=instance``, and
 ``--config.model.conditional=False`` (the source's unconditional GAN: HDR from noise, ``noise_gen.*``).
+
+``configs/gan.py:tiny`` is the tests' size: an AHDRNet generator of 8 channels (one DRDB of one dense
+layer), a discriminator of 8 features and two stride-2 layers, 2 discriminator updates per generator
+update, and the tiny run of every ``:tiny`` variant (``config_base.set_tiny``: batches of 2 x 32x32 from 4
+embedded scenes of 48x64).
 """
 
 import importlib.util
@@ -19,14 +24,14 @@ from pathlib import Path
 
 import ml_collections
 
-from hdr_jax.config_base import get_base_config
+from hdr_jax.config_base import get_base_config, set_tiny
 from hdr_jax.models import GENERATORS
 
 
 def generator_model_config(name: str) -> ml_collections.ConfigDict:
   """The ``model`` block of the regression config ``configs/<name>.py``."""
   if name not in GENERATORS:
-    raise ValueError(f"configs/gan.py: unknown generator {name!r}; choose one of {GENERATORS}")
+    raise ValueError(f"configs/gan.py: unknown generator {name!r}; choose one of {GENERATORS} (or 'tiny')")
   spec = importlib.util.spec_from_file_location(f"_gan_generator_{name}", Path(__file__).with_name(f"{name}.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -34,9 +39,10 @@ def generator_model_config(name: str) -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str = ""):
+  arg = (arg or "").strip()
   c = get_base_config()
   c.task = "gan"
-  c.model = generator_model_config((arg or "").strip() or "vam_drdb")  # the generator
+  c.model = generator_model_config("ahdrnet" if arg == "tiny" else arg or "vam_drdb")  # the generator
   c.model.conditional = True  # False: generate from noise (NoiseGenerator, noise_gen.*), frames unused
 
   # Generator of the unconditional mode.
@@ -67,4 +73,9 @@ def get_config(arg: str = ""):
   c.optimizer.learning_rate = 2e-4
   c.optimizer.b1 = 0.5
   c.disc_optimizer = ml_collections.ConfigDict(c.optimizer.to_dict())  # its schedule counts D updates
+  if arg == "tiny":
+    c.model.update(channels=8, growth=4, n_blocks=1, n_dense=1)
+    c.disc.update(features=8, n_layers=2)
+    c.gan.d_steps = 2
+    set_tiny(c)
   return c

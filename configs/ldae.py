@@ -7,14 +7,21 @@ r"""l-DAE denoising pretraining of the VAM+DRDB feature extractor (docs/referenc
 The downstream run must build the same feature extractor: the same ``model.name`` and ``model.*``
 keys (e.g. ``--config.model.name=vam`` here and ``configs/vam.py`` there). Its logged ``eval/psnr_mu``
 is that of the denoised medium frame (a sanity check, see the task's docstring), not an HDR score.
+
+``:tiny``: the feature extractor of ``configs/vam_drdb.py:tiny`` (a one-block DRDB stem of 8 channels),
+a constant learning rate and the tiny run of every ``:tiny`` variant (``config_base.set_tiny``: batches
+of 2 x 32x32 from 4 embedded scenes of 48x64), for tests and quick checks.
 """
 
 import ml_collections
 
-from hdr_jax.config_base import get_base_config
+from hdr_jax.config_base import get_base_config, set_tiny
 
 
-def get_config():
+def get_config(arg: str = ""):
+  arg = (arg or "").strip()
+  if arg not in ("", "tiny"):
+    raise ValueError(f"configs/ldae.py: unknown variant {arg!r} (use '' or 'tiny')")
   c = get_base_config()
   c.task = "ldae"
   c.model.name = "vam_drdb"  # vam | vam_drdb (with their model.* keys)
@@ -32,4 +39,8 @@ def get_config():
   c.batch_size = 16
   c.num_train_steps = 2000
   c.optimizer.learning_rate = 1e-3
+  if arg == "tiny":
+    c.model.update(drdb_blocks=1, drdb_channels=8, drdb_growth=4, drdb_layers=2)
+    c.optimizer.schedule = "constant"
+    set_tiny(c)
   return c

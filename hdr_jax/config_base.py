@@ -81,6 +81,18 @@ def get_base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def set_tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The run that the ``:tiny`` variants of ``configs/`` share (tests, quick checks): batches of 2
+  patches of 32x32 from a tiny embedded dataset (4 training scenes of 48x64, 2 validation scenes of
+  40x56), a log line every step, no progress bar. Each config shrinks its own model."""
+  c.batch_size = 2
+  c.data.patch_size = 32
+  c.data.embedded.update(train_scenes=4, val_scenes=2, height=48, width=64, val_height=40, val_width=56)
+  c.log_every = 1
+  c.progress = False
+  return c
+
+
 def load_config_file(path, arg: str = "") -> ml_collections.ConfigDict:
   """``get_config()`` (``get_config(arg)`` for a variant, as ``configs/gan.py:vam``) of a config file
   (``configs/<name>.py``), loaded by path as the trainer does."""

@@ -32,7 +32,7 @@ def run(args, cache, check=True):
 
 
 def train_args(workdir, cache, *extra):
-  return ["--config=configs/ahdrnet.py", f"--workdir={workdir}", *TINY,
+  return [TINY, f"--workdir={workdir}",
           f"--config.compilation_cache={Path(cache) / 'xla'}", *extra]
 
 

@@ -29,15 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 GLOBAL_DEVICES = 4
 TIMEOUT_S = 420
 
-# A small AHDRNet and tiny embedded dataset; global batch 4 = one patch per device.
+# A small AHDRNet and tiny embedded dataset (configs/ahdrnet.py:tiny); global batch 4 = one patch per device.
 ARGS = [
-    "--config=configs/ahdrnet.py",
-    "--config.model.channels=16", "--config.model.growth=8", "--config.model.n_blocks=1",
-    "--config.model.n_dense=2", "--config.batch_size=4", "--config.data.patch_size=32",
-    "--config.data.embedded.train_scenes=4", "--config.data.embedded.val_scenes=2",
-    "--config.data.embedded.height=48", "--config.data.embedded.width=64",
-    "--config.data.embedded.val_height=40", "--config.data.embedded.val_width=56",
-    "--config.log_every=1", "--config.progress=False", "--config.optimizer.schedule=constant",
+    "--config=configs/ahdrnet.py:tiny", "--config.batch_size=4",
     "--config.checkpoint_every=2", "--config.eval_every=100", "--config.keep_checkpoints=5",
 ]
 

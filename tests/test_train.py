@@ -14,15 +14,8 @@ from conftest import cli_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# A small AHDRNet and tiny embedded dataset: the real code paths at a size CI runs in seconds.
-TINY = [
-    "--config.model.channels=16", "--config.model.growth=8", "--config.model.n_blocks=1",
-    "--config.model.n_dense=2", "--config.batch_size=2", "--config.data.patch_size=32",
-    "--config.data.embedded.train_scenes=4", "--config.data.embedded.val_scenes=2",
-    "--config.data.embedded.height=48", "--config.data.embedded.width=64",
-    "--config.data.embedded.val_height=40", "--config.data.embedded.val_width=56",
-    "--config.log_every=1", "--config.progress=False", "--config.optimizer.schedule=constant",
-]
+# configs/ahdrnet.py:tiny, a small AHDRNet and tiny embedded dataset: the real code paths at a size CI runs in seconds.
+TINY = "--config=configs/ahdrnet.py:tiny"
 
 
 def run(args, cache, check=True, env_extra=None):
@@ -35,7 +28,7 @@ def run(args, cache, check=True, env_extra=None):
 
 
 def train(workdir, cache, *extra, check=True):
-  return run(["-m", "hdr_jax.train", "--config=configs/ahdrnet.py", f"--workdir={workdir}", *TINY, *extra],
+  return run(["-m", "hdr_jax.train", TINY, f"--workdir={workdir}", *extra],
              cache, check=check)
 
 
@@ -238,7 +231,7 @@ def test_compilation_cache_is_filled_then_reused(tmp_path):
   """config.compilation_cache=DIR: the first run stores its compiled programs there, a second run of the
   same model (another workdir) finds them all and stores nothing new."""
   cache_dir = tmp_path / "xla"
-  args = ["-m", "hdr_jax.train", "--config=configs/ahdrnet.py", *TINY, "--config.num_train_steps=2",
+  args = ["-m", "hdr_jax.train", TINY, "--config.num_train_steps=2",
           "--config.eval_every=2", "--config.checkpoint_every=2", f"--config.compilation_cache={cache_dir}"]
   env = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}  # store every program, however quick
   run([*args, f"--workdir={tmp_path / 'a'}"], tmp_path / "cache", env_extra=env)
@@ -250,7 +243,7 @@ def test_compilation_cache_is_filled_then_reused(tmp_path):
 
 def test_compilation_cache_that_cannot_be_created_is_a_clear_error(tmp_path):
   (tmp_path / "file").write_text("x")
-  proc = run(["-m", "hdr_jax.train", "--config=configs/ahdrnet.py", *TINY, f"--workdir={tmp_path / 'w'}",
+  proc = run(["-m", "hdr_jax.train", TINY, f"--workdir={tmp_path / 'w'}",
               f"--config.compilation_cache={tmp_path / 'file' / 'xla'}"], tmp_path / "cache", check=False)
   assert proc.returncode == 1
   assert "config.compilation_cache=" in proc.stderr and "cannot create the directory" in proc.stderr
