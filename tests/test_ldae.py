@@ -106,15 +106,14 @@ def test_noise_lies_in_the_latent_subspace(basis):
 
 @pytest.fixture(scope="module")
 def quality_run(tmp_path_factory, shared_hdr_files):
-  """``benchmarks/quality.py --tiny`` with 2 models, AHDRNet and VAM+DRDB with l-DAE pretraining: the
-  l-DAE run (configs/ldae.py) and the fine-tuning from its feature extractor
+  """``benchmarks/quality.py --tiny`` with VAM+DRDB after l-DAE pretraining: the l-DAE run (configs/ldae.py) and the fine-tuning from its feature extractor
   (config.init.feature_extractor) go through the real trainer; the tests below read its workdirs."""
   tmp = tmp_path_factory.mktemp("quality")
   out = tmp / "q"
   env = {"HDR_JAX_CACHE": str(tmp / "cache"), **cli_env(), "PYTHONPATH": str(ROOT),
          "JAX_PLATFORMS": "cpu"}
   hdr = shared_hdr_files[:2]
-  proc = subprocess.run([sys.executable, "benchmarks/quality.py", "--tiny", "--models=ahdrnet,vam_drdb_ldae",
+  proc = subprocess.run([sys.executable, "benchmarks/quality.py", "--tiny", "--models=vam_drdb_ldae",
                          "--seeds=0", "--steps=16", "--levels=static,hard", f"--out={out}", "--hdr",
                          *map(str, hdr)], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=900)
@@ -197,20 +196,20 @@ def test_init_feature_extractor_mismatch_is_a_clear_error(quality_run, monkeypat
 def test_quality_benchmark_tiny(quality_run):
   out, stdout = quality_run
   report = json.loads((out / "quality.json").read_text())
-  assert [r["method"] for r in report["runs"]] == ["ahdrnet", "vam_drdb + l-DAE"]
+  assert [r["method"] for r in report["runs"]] == ["vam_drdb + l-DAE"]
   # Equal compute: 8 l-DAE steps + 8 fine-tuning steps from the copied feature extractor.
   assert json.loads((out / "runs" / "vam_drdb_ldae_s0" / "summary.json").read_text())["step"] == 8
   assert "copied into model.fe" in stdout and str(out / "runs" / "ldae_s0") in stdout
-  for method in ("medium frame", "classical merge", "ahdrnet", "vam_drdb + l-DAE"):
+  for method in ("medium frame", "classical merge", "vam_drdb + l-DAE"):
     assert [lv for lv in report["table"][method] if lv in quality.LEVELS] == ["static", "hard"]
     for level in ("static", "hard"):
       assert all(np.isfinite(report["table"][method][level][k][0]) for k in ("psnr_mu", "psnr_l", "ssim_mu"))
   assert report["setup"]["levels"]["static"] == {"camera_motion": 0.0, "object_motion": 0.0, "noise": 0.25}
   md = (out / "quality.md").read_text()
-  assert "| ahdrnet |" in md and "| classical merge |" in md and "| vam_drdb + l-DAE |" in md
+  assert "| classical merge |" in md and "| vam_drdb + l-DAE |" in md
   from hdr_jax import fileio
-  fig = fileio.read_ldr_png(out / "quality_crops.png")  # 2 levels x (3 inputs, merge, 2 models, target)
-  assert fig.shape[0] > 2 * 128 and fig.shape[1] == 7 * 128 and fig.std() > 0.01  # 32-pixel crops shown x4
+  fig = fileio.read_ldr_png(out / "quality_crops.png")  # 2 levels x (3 inputs, merge, 1 model, target)
+  assert fig.shape[0] > 2 * 128 and fig.shape[1] == 6 * 128 and fig.std() > 0.01  # 32-pixel crops shown x4
   assert "| method | params | lr | static PSNR-mu | static PSNR-L | static SSIM-mu | hard PSNR-mu |" in md
 
 
@@ -261,7 +260,7 @@ def test_quality_train_hdr_is_used_for_training_and_kept_apart_from_the_held_out
 
 
 def test_quality_refuses_to_reuse_a_run_started_with_other_settings(quality_run):
-  workdir = quality_run[0] / "runs" / "ahdrnet_s0"
+  workdir = quality_run[0] / "runs" / "vam_drdb_ldae_s0"
   config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
   quality.check_same_config(config, workdir)  # the same settings: reused
   config.data.patch_size = 64
