@@ -218,6 +218,7 @@ def scene_baselines(eval_dirs: dict) -> dict:
   """Per level: mean metrics of the medium frame and the classical merge over the level's scenes."""
   from hdr_jax import evaluation
   from hdr_jax import fileio
+
   out = {}
   for level, folder in eval_dirs.items():
     rows = {"medium": [], "merge": []}
@@ -239,6 +240,7 @@ def pick_crop(eval_dir, crop: int) -> dict:
   """The scene and ``crop`` x ``crop`` window (stride crop/2) where the classical merge is worst
   (mean absolute difference of the tone-mapped merge and target)."""
   from hdr_jax import fileio
+
   best = None
   for s in fileio.validate_folder(eval_dir, require_gt=True):
     d = fileio.read_scene(s)
@@ -260,6 +262,7 @@ def model_prediction(workdir, scene, overrides) -> np.ndarray:
   from hdr_jax import cli
   from hdr_jax import engine as engine_lib
   from hdr_jax import fileio
+
   config, engine, state, _ = engine_lib.load_from_workdir(workdir, "latest", overrides,
                                                           prepare=cli.use_compilation_cache)
   d = fileio.read_scene(scene)
@@ -319,6 +322,7 @@ def write_figure(path: Path, crops: dict, columns: list[str]) -> None:
 
 def figure_tiles(eval_dirs: dict, crop: int, runs: list[dict]) -> tuple[dict, list[str]]:
   from hdr_jax import fileio
+
   first_seed = {}
   for r in runs:
     first_seed.setdefault(r["method"], r)
@@ -410,6 +414,7 @@ def _machine() -> str:
 
 def write_report(args, runs, baselines, notes, figure=None) -> dict:
   from hdr_jax import fileio
+
   report = {"setup": {"date": datetime.date.today().isoformat(), "machine": _machine(), "steps": args.steps,
                       "size": args.size, "batch": args.batch, "crops_per_scene": args.crops_per_scene,
                       "seeds": args.seeds, "models": args.models,

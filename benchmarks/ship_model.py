@@ -37,6 +37,7 @@ def slice_score(name: str, photo: Path, folder: Path) -> float:
   """PSNR-mu of the shipped model ``name`` on the one-scene slice, through the predict CLI."""
   from hdr_jax import hdr_math, synthesize
   from hdr_jax import fileio
+
   scenes = folder / "in"
   synthesize.synthesize_folder(scenes, 1, SLICE["height"], SLICE["width"], hdr_files=[photo], seed=SLICE["seed"],
                                verbose=False, **quality.LEVELS[SLICE["level"]])

@@ -14,6 +14,7 @@ from pathlib import Path
 import jax
 
 from hdr_jax import fileio
+
 _MULTIPROCESS_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "MEGASCALE_COORDINATOR_ADDRESS",
                      "TPU_WORKER_HOSTNAMES", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
 
@@ -118,7 +119,8 @@ def parse_overrides(items, flag: str = CONFIG_OVERRIDE) -> dict:
 
 
 # XLA:CPU's YNNPACK fusions (on by default in jaxlib 0.10) make the convolution-heavy train steps of
-# these models slower on CPU: with them off the steps run faster (measured in benchmarks/RESULTS.md). A CPU-only flag: GPU and TPU backends ignore it.
+# these models slower on CPU: with them off the steps run faster (measured in benchmarks/RESULTS.md).
+# A CPU-only flag: GPU and TPU backends ignore it.
 CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=",)
 _CPU_FLAGS_SINCE = (0, 10)  # the jaxlib releases measured with this flag; older ones may not know it
 

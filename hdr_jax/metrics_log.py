@@ -16,6 +16,8 @@ import numpy as np
 
 from hdr_jax import hdr_math
 from hdr_jax import fileio
+
+
 class MetricWriter:
 
   def __init__(self, workdir, enabled: bool | None = None, upload_every: float = 60.0):

@@ -25,6 +25,7 @@ from flax.nnx import traversals
 
 from hdr_jax import checkpoint
 from hdr_jax import fileio
+
 SOURCE = ("model", "fe")
 
 
@@ -40,14 +41,10 @@ def _subtree(tree, path):
   return tree
 
 
-def _plain(tree):
-  """Nested mappings (Orbax's metadata tree, pure state dicts) as nested plain dicts."""
-  return {k: _plain(v) for k, v in tree.items()} if hasattr(tree, "items") else tree
-
-
 def _flat(tree) -> dict:
-  """``{'a/b/0/kernel': leaf}`` with string keys."""
-  return {"/".join(str(k) for k in kp): v for kp, v in traversals.flatten_mapping(_plain(tree)).items()}
+  """``{'a/b/0/kernel': leaf}`` with string keys, of nested dicts (``Checkpoints.stored_tree`` and
+  ``read_state``, pure state dicts)."""
+  return {"/".join(str(k) for k in kp): v for kp, v in traversals.flatten_mapping(tree).items()}
 
 
 def _describe(config) -> str:

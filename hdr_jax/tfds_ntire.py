@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from hdr_jax import fileio
+
 _SPLIT_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _KEY_SPACE = 2**128  # tfds sorts integer keys (shuffling disabled) in 128-bit buckets
 

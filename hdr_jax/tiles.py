@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from hdr_jax import fileio
+
 MAGIC = b"HDRTILE1"
 INDEX = "tiles.json"
 FORMAT = "hdr_jax.tiles/1"

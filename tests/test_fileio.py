@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from hdr_jax import fileio
+
 H, W = 24, 32
 
 

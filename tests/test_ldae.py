@@ -106,8 +106,9 @@ def test_noise_lies_in_the_latent_subspace(basis):
 
 @pytest.fixture(scope="module")
 def quality_run(tmp_path_factory, shared_hdr_files):
-  """``benchmarks/quality.py --tiny`` with VAM+DRDB after l-DAE pretraining: the l-DAE run (configs/ldae.py) and the fine-tuning from its feature extractor
-  (config.init.feature_extractor) go through the real trainer; the tests below read its workdirs."""
+  """``benchmarks/quality.py --tiny`` with VAM+DRDB after l-DAE pretraining: the l-DAE run
+  (configs/ldae.py) and the fine-tuning from its feature extractor (config.init.feature_extractor) go
+  through the real trainer; the tests below read its workdirs."""
   tmp = tmp_path_factory.mktemp("quality")
   out = tmp / "q"
   env = {"HDR_JAX_CACHE": str(tmp / "cache"), **cli_env(), "PYTHONPATH": str(ROOT),
@@ -208,6 +209,7 @@ def test_quality_benchmark_tiny(quality_run):
   md = (out / "quality.md").read_text()
   assert "| classical merge |" in md and "| vam_drdb + l-DAE |" in md
   from hdr_jax import fileio
+
   fig = fileio.read_ldr_png(out / "quality_crops.png")  # 2 levels x (3 inputs, merge, 1 model, target)
   assert fig.shape[0] > 2 * 128 and fig.shape[1] == 6 * 128 and fig.std() > 0.01  # 32-pixel crops shown x4
   assert "| method | params | lr | static PSNR-mu | static PSNR-L | static SSIM-mu | hard PSNR-mu |" in md

@@ -207,6 +207,7 @@ def test_overfitting_a_few_scenes_beats_the_medium_frame(tmp_path):
 
   from hdr_jax import config_base, data, engine, evaluation, synthesize
   from hdr_jax import fileio
+
   seed = 3
   root = synthesize.ensure_dataset(tmp_path / "data", 2, 64, 64, seed=seed, verbose=False)
   c = config_base.get_base_config()

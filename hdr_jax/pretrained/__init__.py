@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from hdr_jax import fileio
+
 ROOT = Path(__file__).resolve().parent
 CARD = "MODEL.json"
 
