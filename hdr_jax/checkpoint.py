@@ -14,6 +14,7 @@ older steps and moves damaged ones aside (``20`` -> ``20.damaged``), never delet
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sys
 
@@ -25,6 +26,7 @@ from absl import logging as absl_logging
 from flax import nnx
 
 from hdr_jax import fileio
+
 CONFIG_FILE = "config.json"
 
 
@@ -80,6 +82,19 @@ def _quiet_closed_loop_callbacks() -> None:
 
   hook._hdr_jax_quiet = True
   sys.unraisablehook = hook
+  # A read task whose error nobody awaited (the first error already ended the restore) is reported by
+  # asyncio's default handler through the 'asyncio' logger ('Task exception was never retrieved'):
+  # the same noise, dropped the same way.
+  logging.getLogger("asyncio").addFilter(_not_an_abandoned_read_report)
+
+
+def _not_an_abandoned_read_report(record) -> bool:
+  """log filter: drops asyncio's report that a failed Orbax array read (a task or the gathering future
+  of several) was never awaited."""
+  message = record.getMessage()
+  error = record.exc_info[1] if record.exc_info else None
+  return not ("exception was never retrieved" in message
+              and "Encountered error while reading array index" in f"{message} {error}")
 
 
 def _plain(tree):
