@@ -54,6 +54,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.embedded.val_width = 384
   c.data.embedded.seed = 0
   c.data.embedded.hdr_files = ()  # real radiance maps (.exr/.hdr) to build scenes from
+  # Per-scene variety of the training scenes (the validation scenes keep the default motion and noise):
+  # a share without any motion, a motion scale drawn from (low, high), a noise scale drawn from
+  # (low, high) log-uniformly; () and 0 keep the defaults (motion and noise scale 1).
+  c.data.embedded.static_fraction = 0.0
+  c.data.embedded.motion_range = ()
+  c.data.embedded.noise_range = ()
 
   # Evaluation on whole validation frames.
   c.eval = ml_collections.ConfigDict()

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 import re
 import sys
@@ -43,6 +44,7 @@ import grain
 import numpy as np
 
 from hdr_jax import fileio
+
 _DATASET_NAME = "ntire_hdr"
 _VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
 
@@ -307,14 +309,21 @@ def resolve_data(config) -> tuple[Path | None, Path]:
   tag = "proc"
   if any(p != synthesize.PROCEDURAL for p in hdr_files):  # the maps' names in short: other maps, other folder
     tag = "real" + hashlib.sha1("\n".join(hdr_files).encode()).hexdigest()[:8]
+  # Per-scene motion and noise scales of the training scenes (synthesize.scene_variety), when set.
+  variety = {k: v for k, v in (("static_fraction", float(e.get("static_fraction", 0.0))),
+                               ("motion_range", tuple(e.get("motion_range", ()))),
+                               ("noise_range", tuple(e.get("noise_range", ())))) if v}
   if need_train:
     train = cache / f"embedded_{tag}_train_n{e.train_scenes}_{e.height}x{e.width}_s{e.seed}"
+    if variety:
+      train = train.with_name(train.name + "_v" + hashlib.sha1(json.dumps(variety).encode()).hexdigest()[:8])
   if need_val:
     val = cache / f"embedded_{tag}_val_n{e.val_scenes}_{e.val_height}x{e.val_width}_s{e.seed}"
 
   def ensure():
     if need_train:
-      synthesize.ensure_dataset(train, e.train_scenes, e.height, e.width, hdr_files=hdr_files, seed=e.seed)
+      synthesize.ensure_dataset(train, e.train_scenes, e.height, e.width, hdr_files=hdr_files, seed=e.seed,
+                                **variety)
     if need_val:
       synthesize.ensure_dataset(val, e.val_scenes, e.val_height, e.val_width, hdr_files=hdr_files,
                                 seed=e.seed + 7919)

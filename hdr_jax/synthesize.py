@@ -431,18 +431,51 @@ def scene_rng(seed: int, index: int) -> np.random.Generator:
   return np.random.default_rng([seed, index])
 
 
+def scene_variety(seed: int, index: int, static_fraction: float = 0.0, motion_range=(), noise_range=()) -> dict:
+  """The per-scene motion and noise scales of scene ``index`` (``synthesize_scene`` keywords; empty when
+  every option is off): with probability ``static_fraction`` no camera or object motion, else a motion
+  scale drawn uniformly from ``motion_range`` (``(lo, hi)``, both motions); a noise scale drawn
+  log-uniformly from ``noise_range``. Drawn from their own Generator, so the scene's content is the
+  same one ``scene_rng`` gives without them."""
+  if not (static_fraction or motion_range or noise_range):
+    return {}
+  if not 0 <= static_fraction <= 1:
+    raise ValueError(f"static_fraction must be in [0, 1], got {static_fraction}")
+  for name, r in (("motion_range", motion_range), ("noise_range", noise_range)):
+    if r and not (len(r) == 2 and 0 <= r[0] <= r[1] <= 10 and (name == "motion_range" or r[0] > 0)):
+      raise ValueError(f"{name} must be (low, high) with {'0 <' if name == 'noise_range' else '0 <='} low <= "
+                       f"high <= 10, got {tuple(r)}")
+  rng = np.random.default_rng([seed, index, 1])  # scene_rng is [seed, index]: an independent stream
+  static, u, v = rng.random(3)
+  out = {}
+  if static < static_fraction:
+    out.update(camera_motion=0.0, object_motion=0.0)
+  elif motion_range:
+    m = float(motion_range[0] + u * (motion_range[1] - motion_range[0]))
+    out.update(camera_motion=m, object_motion=m)
+  if noise_range:
+    lo, hi = math.log(noise_range[0]), math.log(noise_range[1])
+    out["noise"] = float(math.exp(lo + v * (hi - lo)))
+  return out
+
+
 def synthesize_folder(out, scenes: int, height: int, width: int, hdr_files: Sequence = (), seed: int = 0,
-                      start_index: int = 0, verbose: bool = True, layout: str = "ntire", **scene_kwargs) -> list[str]:
+                      start_index: int = 0, verbose: bool = True, layout: str = "ntire", static_fraction: float = 0.0,
+                      motion_range=(), noise_range=(), **scene_kwargs) -> list[str]:
   """Writes scenes ``start_index .. start_index + scenes - 1`` into the folder ``out``: an NTIRE folder,
   or with ``layout='sig17'`` a SIG17 root of scene folders ``out/NNNN/`` (16-bit TIFF frames with gamma
   2.2, ``exposure.txt``, linear ``HDRImg.hdr``: :func:`hdr_jax.sig17.write_synthesized`). Scene
   ``i`` uses ``hdr_files[i % len(hdr_files)]`` (procedural without files, and where the entry is
   :data:`PROCEDURAL`, which mixes the two kinds: ``('procedural', 'a.exr')`` makes every other scene
   procedural). Every file is read (and
-  checked) before anything is written. ``scene_kwargs`` go to :func:`synthesize_scene`. Returns the ids."""
+  checked) before anything is written. ``scene_kwargs`` go to :func:`synthesize_scene`;
+  ``static_fraction``, ``motion_range`` and ``noise_range`` vary them per scene (:func:`scene_variety`).
+  Returns the ids."""
   from tqdm import tqdm
 
   _check_params(scenes, height, width, seed, start_index)
+  variety = dict(static_fraction=static_fraction, motion_range=tuple(motion_range), noise_range=tuple(noise_range))
+  scene_variety(seed, start_index, **variety)  # checks the options before anything is written
   if layout not in ("ntire", "sig17"):
     raise ValueError(f"layout must be 'ntire' or 'sig17', got {layout!r}")
   if layout == "sig17":
@@ -457,7 +490,7 @@ def synthesize_folder(out, scenes: int, height: int, width: int, hdr_files: Sequ
   for i in tqdm(range(start_index, start_index + scenes), desc="synthesize", unit="scene",
                 disable=not verbose or scenes == 1, file=sys.stderr):
     src = sources[i % len(sources)] if sources else None
-    s = synthesize_scene(scene_rng(seed, i), height, width, src, **scene_kwargs)
+    s = synthesize_scene(scene_rng(seed, i), height, width, src, **{**scene_kwargs, **scene_variety(seed, i, **variety)})
     sid = f"{i:04d}"
     if layout == "sig17":
       sig17.write_synthesized(out / sid, s)
@@ -564,6 +597,12 @@ def main(argv=None) -> int:
   p.add_argument("--camera-motion", type=float, default=1.0, help="scale of the camera motion (0: none)")
   p.add_argument("--object-motion", type=float, default=1.0, help="scale of the object motion (0: none)")
   p.add_argument("--noise", type=float, default=1.0, help="scale of the sensor noise (0: none)")
+  p.add_argument("--static-fraction", type=float, default=0.0,
+                 help="share of the scenes with no camera or object motion (default 0)")
+  p.add_argument("--motion-range", type=float, nargs=2, default=(), metavar=("LOW", "HIGH"),
+                 help="a per-scene motion scale drawn uniformly from [LOW, HIGH] (replaces the two motion scales)")
+  p.add_argument("--noise-range", type=float, nargs=2, default=(), metavar=("LOW", "HIGH"),
+                 help="a per-scene noise scale drawn log-uniformly from [LOW, HIGH] (replaces --noise)")
   p.add_argument("--layout", choices=("ntire", "sig17"), default="ntire",
                  help="ntire (default: flat NNNN_*.png folder) or sig17 (Kalantari 2017: scene folders of 16-bit "
                  ".tif frames, exposure.txt and a linear HDRImg.hdr)")
@@ -573,12 +612,14 @@ def main(argv=None) -> int:
       p.error(f"--{name.replace('_', '-')} must be in [0, 10], got {getattr(args, name)}")
   try:
     _check_params(args.scenes, args.height, args.width, args.seed, args.start_index)
+    scene_variety(args.seed, args.start_index, args.static_fraction, args.motion_range, args.noise_range)
   except ValueError as e:
     p.error(str(e))
   try:
     synthesize_folder(args.out, args.scenes, args.height, args.width, args.hdr, args.seed, args.start_index,
                       camera_motion=args.camera_motion, object_motion=args.object_motion, noise=args.noise,
-                      layout=args.layout)
+                      layout=args.layout, static_fraction=args.static_fraction, motion_range=args.motion_range,
+                      noise_range=args.noise_range)
   except fileio.DataError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

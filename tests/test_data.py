@@ -50,6 +50,29 @@ def _same(a, b) -> bool:
              for x, y in zip(a, b)) and len(a) == len(b)
 
 
+def test_embedded_training_variety_has_its_own_folder(tmp_path):
+  """``data.embedded.static_fraction``/``motion_range``/``noise_range`` synthesise the training scenes
+  into their own cache folder (marked with the options); the validation scenes stay the default ones."""
+  import json
+
+  from hdr_jax import config_base, synthesize
+
+  def folders(**variety):
+    c = config_base.get_base_config()
+    c.data.cache_dir = str(tmp_path)
+    c.data.embedded.update(train_scenes=2, val_scenes=1, height=32, width=32, val_height=32, val_width=32, **variety)
+    return data.resolve_data(c)
+
+  plain_train, plain_val = folders()
+  train, val = folders(static_fraction=0.5, noise_range=(0.25, 4.0))
+  assert val == plain_val and train != plain_train and train.name.startswith(plain_train.name + "_v")
+  options = json.loads((train / synthesize.MARKER).read_text())["options"]
+  assert options == {"noise_range": [0.25, 4.0], "static_fraction": 0.5}
+  assert "options" in json.loads((plain_train / synthesize.MARKER).read_text())
+  assert json.loads((plain_train / synthesize.MARKER).read_text())["options"] == {}
+  assert folders(static_fraction=0.5, noise_range=(0.25, 4.0))[0] == train  # found again, not remade
+
+
 def test_source_elements(source, folder):
   assert len(source) == N_SCENES
   e = source[2]

@@ -12,7 +12,6 @@ import pytest
 from hdr_jax import hdr_math, fileio, synthesize
 
 
-
 def _bytes(folder):
   return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir())}
 
@@ -107,6 +106,41 @@ def test_motion_creates_ghosts(seed):
   assert moving["object_mask"].any()
   assert _ghost_fraction(still) < 0.002  # only noise
   assert _ghost_fraction(moving) > 0.005
+
+
+def test_scene_variety(tmp_path):
+  """Per-scene motion and noise scales (the training scenes' variety): a share of static scenes, the
+  others' motion and every noise scale inside the given ranges; each written scene is the one
+  synthesize_scene gives with its drawn scales, and without the options the scenes are unchanged."""
+  opts = dict(static_fraction=0.5, motion_range=(0.5, 3.0), noise_range=(0.25, 4.0))
+  draws = [synthesize.scene_variety(7, i, **opts) for i in range(40)]
+  static = [i for i, d in enumerate(draws) if d["camera_motion"] == 0]
+  assert 8 <= len(static) <= 32 and all(draws[i]["object_motion"] == 0 for i in static)
+  assert all(0.5 <= d["camera_motion"] == d["object_motion"] <= 3 for i, d in enumerate(draws) if i not in static)
+  assert all(0.25 <= d["noise"] <= 4 for d in draws) and len({d["noise"] for d in draws}) == 40
+  assert synthesize.scene_variety(7, 3) == {}
+  synthesize.synthesize_folder(tmp_path / "v", 4, 32, 32, seed=7, verbose=False, **opts)
+  synthesize.synthesize_folder(tmp_path / "plain", 1, 32, 32, seed=7, verbose=False, static_fraction=0.0)
+  written = [fileio.read_scene(s) for s in fileio.discover_scenes(tmp_path / "v")]
+  for i, w in enumerate(written):
+    want = synthesize.synthesize_scene(synthesize.scene_rng(7, i), 32, 32, **draws[i])
+    np.testing.assert_array_equal(want["frames"].astype(np.float32) / 255, w["frames"])
+  plain = synthesize.synthesize_scene(synthesize.scene_rng(7, 0), 32, 32)
+  np.testing.assert_array_equal(plain["frames"].astype(np.float32) / 255,
+                                fileio.read_scene(fileio.discover_scenes(tmp_path / "plain")[0])["frames"])
+  assert _ghost_fraction(synthesize.synthesize_scene(synthesize.scene_rng(7, static[0]), 64, 64,
+                                                     **draws[static[0]])) < 0.01
+  for bad, field in ((dict(static_fraction=1.5), "static_fraction"), (dict(noise_range=(0, 4)), "noise_range"),
+                     (dict(motion_range=(3, 1)), "motion_range")):
+    with pytest.raises(ValueError, match=field):
+      synthesize.synthesize_folder(tmp_path / "bad", 1, 32, 32, verbose=False, **bad)
+  assert not (tmp_path / "bad").exists()
+  r = _cli(f"--out={tmp_path / 'x'}", "--static-fraction=2")
+  assert r.returncode != 0 and "static_fraction" in r.stderr and not (tmp_path / "x").exists()
+  r = _cli(f"--out={tmp_path / 'cli'}", "--scenes=2", "--height=32", "--width=32", "--seed=7",
+           "--static-fraction=0.5", "--motion-range", "0.5", "3", "--noise-range", "0.25", "4")
+  assert r.returncode == 0, r.stderr
+  assert _bytes(tmp_path / "cli") == {k: v for k, v in _bytes(tmp_path / "v").items() if k[:4] in ("0000", "0001")}
 
 
 def test_real_radiance_map(tmp_path, shared_hdr_files):
