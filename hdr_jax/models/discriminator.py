@@ -10,9 +10,10 @@ stride 1, LeakyReLU(0.2), no normalisation on the first and last layers.
 Spectral normalisation (Miyato et al. 2018): each kernel, reshaped to a ``(kh * kw * in, out)``
 matrix ``W``, is divided by an estimate of its largest singular value ``sigma = u^T W^T v`` from
 power iteration, ``v = normalise(W u)``, ``u = normalise(W^T v)``, with ``u`` and ``v`` held
-constant under differentiation. ``u`` is a :class:`SpectralVector` (an ``nnx.Variable``, not a
-parameter: checkpointed with the model, never touched by the optimiser) that is written back only
-when the caller passes ``update_sn=True`` (the discriminator's own training step).
+constant under differentiation. ``u`` is a :class:`~hdr_jax.models.layers.SpectralVector` (an
+``nnx.Variable``, not a parameter: checkpointed with the model, never touched by the optimiser) that is
+written back only when the caller passes ``update_sn=True`` (the discriminator's own training step).
+Both are options of the one convolution layer, :class:`hdr_jax.models.layers.Conv2d`.
 """
 
 from __future__ import annotations
@@ -22,68 +23,25 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hdr_jax import hdr_math
-from hdr_jax.models.layers import Conv2d, kaiming_normal
+from hdr_jax.models.layers import Conv2d, SpectralVector, kaiming_normal, power_iteration  # noqa: F401
 
 NORMS = ("none", "group", "instance")
 
 
-class SpectralVector(nnx.Variable):
-  """The power-iteration vector ``u`` of a spectrally normalised kernel."""
+def _normal_002(key, shape, dtype=jnp.float32):
+  """pix2pix's kernel initialisation, N(0, 0.02)."""
+  return 0.02 * jax.random.normal(key, shape, dtype)
 
 
-def _normalise(x, eps: float = 1e-12):
-  return x / (jnp.linalg.norm(x) + eps)
-
-
-def power_iteration(w_mat, u, iterations: int):
-  """``(sigma, u)`` for a matrix ``(n, m)`` and a start vector ``u`` ``(m,)``; ``u`` and ``v`` are
-  treated as constants, so ``sigma``'s gradient flows into ``w_mat`` only."""
-  w_const = jax.lax.stop_gradient(w_mat)
-  v = None
-  for _ in range(iterations):
-    v = _normalise(w_const @ u)
-    u = _normalise(w_const.T @ v)
-  u, v = jax.lax.stop_gradient(u), jax.lax.stop_gradient(v)
-  return jnp.dot(v, w_mat @ u), u
-
-
-class StridedConv(nnx.Module):
-  """A 2-D convolution with stride, explicit padding and optional spectral normalisation.
-
-  Kernel ``(k, k, in, out)`` + bias; initialised N(0, 0.02) as pix2pix."""
-
-  def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 4, stride: int = 1, padding: int = 1, *,
-               spectral_norm: bool = False, power_iterations: int = 1, dtype=jnp.float32,
-               param_dtype=jnp.float32, rngs: nnx.Rngs):
-    self.kernel = nnx.Param(0.02 * jax.random.normal(rngs.params(), (kernel_size, kernel_size, in_ch, out_ch),
-                                                     param_dtype))
-    self.bias = nnx.Param(jnp.zeros((out_ch,), param_dtype))
-    self.stride = stride
-    self.padding = padding
-    self.spectral_norm = spectral_norm
-    self.power_iterations = power_iterations
-    self.dtype = dtype
-    self.u = SpectralVector(_normalise(jax.random.normal(rngs.params(), (out_ch,), jnp.float32))) \
-        if spectral_norm else None
-
-  def normalized_kernel(self, update: bool = False, iterations: int | None = None):
-    """The kernel divided by its estimated largest singular value (the raw kernel without spectral
-    normalisation); ``update`` stores the new power-iteration vector."""
-    kernel = self.kernel[...]
-    if not self.spectral_norm:
-      return kernel
-    w_mat = kernel.reshape(-1, kernel.shape[-1]).astype(jnp.float32)
-    sigma, u = power_iteration(w_mat, self.u[...], iterations or self.power_iterations)
-    if update:
-      self.u[...] = u
-    return (kernel / sigma).astype(kernel.dtype)
-
-  def __call__(self, x, update_sn: bool = False):
-    p = self.padding
-    y = jax.lax.conv_general_dilated(
-        x.astype(self.dtype), self.normalized_kernel(update_sn).astype(self.dtype), (self.stride, self.stride),
-        [(p, p), (p, p)], dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return (y.astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(self.dtype)  # as layers.Conv2d
+def StridedConv(in_ch: int, out_ch: int, kernel_size: int = 4, stride: int = 1, padding: int = 1, *,  # noqa: N802
+                spectral_norm: bool = False, power_iterations: int = 1, dtype=jnp.float32,
+                param_dtype=jnp.float32, rngs: nnx.Rngs) -> Conv2d:
+  """The discriminator's convolution: a :class:`~hdr_jax.models.layers.Conv2d` with stride, explicit
+  padding and optional spectral normalisation; kernel ``(k, k, in, out)`` initialised N(0, 0.02) as
+  pix2pix, zero bias. Call it as ``conv(x, update_sn=...)``."""
+  return Conv2d(in_ch, out_ch, kernel_size, stride=stride, padding=padding, kernel_init=_normal_002,
+                spectral_norm=spectral_norm, power_iterations=power_iterations, dtype=dtype,
+                param_dtype=param_dtype, rngs=rngs)
 
 
 class PatchDiscriminator(nnx.Module):
@@ -133,11 +91,11 @@ class PatchDiscriminator(nnx.Module):
         raise ValueError("a conditional discriminator needs the reference frame")
       x = jnp.concatenate([x, 2.0 * cond - 1.0], axis=-1)
     for i, conv in enumerate(self.convs):
-      x = conv(x, update_sn)
+      x = conv(x, update_sn=update_sn)
       if i > 0 and self.norms is not None:
         x = self.norms[i - 1](x)
       x = jax.nn.leaky_relu(x, self.leaky_slope)
-    return self.head(x, update_sn).astype(jnp.float32)
+    return self.head(x, update_sn=update_sn).astype(jnp.float32)
 
 
 class NoiseGenerator(nnx.Module):

@@ -1,5 +1,6 @@
-"""Building blocks shared by the model families: a convolution with call-time dilation, average
-pooling, the polyphase fold that turns dilation-2 convolutions into plain ones, the DRDB, and a depthwise
+"""Building blocks shared by the model families: the one convolution layer (:class:`Conv2d`: call-time
+dilation, strides, spectral normalisation, the bias gradient summed in float32), average pooling, the
+polyphase fold that turns dilation-2 convolutions into plain ones, the DRDB, and a depthwise
 convolution written as shifted multiply-adds.
 
 All tensors are NHWC. Parameters are stored in ``param_dtype`` (float32); computation runs in
@@ -80,43 +81,110 @@ def _bias_add_bwd(bias, dy):
 bias_add.defvjp(_bias_add_fwd, _bias_add_bwd)
 
 
-class Conv2d(nnx.Module):
-  """A 2-D convolution whose dilation and padding are chosen at call time.
+class SpectralVector(nnx.Variable):
+  """The power-iteration vector ``u`` of a spectrally normalised kernel (``Conv2d(spectral_norm=True)``)."""
 
-  Kernel ``(kh, kw, in, out)`` (PyTorch's ``(out, in, kh, kw)`` transposed by (2, 3, 1, 0)), bias
-  ``(out,)``. ``padding=None`` means 'same' for the given dilation. A depthwise convolution
-  (``groups == in == out``) runs as :func:`depthwise_conv`.
+
+def _normalise(x, eps: float = 1e-12):
+  return x / (jnp.linalg.norm(x) + eps)
+
+
+def power_iteration(w_mat, u, iterations: int):
+  """``(sigma, u)`` for a matrix ``(n, m)`` and a start vector ``u`` ``(m,)``; ``u`` and ``v`` are
+  treated as constants, so ``sigma``'s gradient flows into ``w_mat`` only."""
+  w_const = jax.lax.stop_gradient(w_mat)
+  v = None
+  for _ in range(iterations):
+    v = _normalise(w_const @ u)
+    u = _normalise(w_const.T @ v)
+  u, v = jax.lax.stop_gradient(u), jax.lax.stop_gradient(v)
+  return jnp.dot(v, w_mat @ u), u
+
+
+BIAS_PRECISIONS = ("float32", "compute")
+
+
+class Conv2d(nnx.Module):
+  """The 2-D convolution of every model family (NHWC), its bias gradient summed in float32.
+
+  Kernel ``(k, k, in / groups, out)`` (PyTorch's ``(out, in, kh, kw)`` transposed by (2, 3, 1, 0)),
+  bias ``(out,)`` (``use_bias``), and with ``spectral_norm`` the power-iteration vector ``u``.
+
+  * Initialisation: ``kernel_init(key, shape, dtype)`` (default: PyTorch's Kaiming normal); the bias is
+    zeros, drawn with a key of its own only when ``bias_init`` is given (``nnx.Conv``'s key use, so a
+    U-Net's seeds give the values they gave with ``nnx.Conv``); ``u`` draws the next key.
+  * ``stride``; ``padding``: ``'SAME'`` (XLA's, with strides), an int on every side, or None: 'same'
+    for the dilation of the call. ``__call__(x, dilation=1, padding=None)`` may choose both per call.
+  * A depthwise convolution (``groups == in == out``) runs as :func:`depthwise_conv`.
+  * ``spectral_norm``: the kernel divided by its largest singular value, estimated by
+    ``power_iterations`` steps of :func:`power_iteration` from ``u``; ``__call__(..., update_sn=True)``
+    stores the new ``u`` (:meth:`normalized_kernel`).
+  * The bias, ``bias_precision``: ``'float32'`` adds output and bias in float32 and rounds once to the
+    compute dtype (its gradient, a sum over every output pixel, then accumulates in float32: in
+    bfloat16 it was 14-30 % off on CPU; tests/test_layers.py); ``'compute'`` rounds the bias to the
+    compute dtype and adds it there (``nnx.Conv``'s forward) with :func:`bias_add`, which sums its
+    gradient in float32 (the U-Net's layers).
   """
 
-  def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3, *, use_bias: bool = True,
-               groups: int = 1, dtype=jnp.float32, param_dtype=jnp.float32, kernel_init=None,
-               rngs: nnx.Rngs):
-    fan_in = in_ch // groups * kernel_size * kernel_size
-    kernel_init = kernel_init or kaiming_normal(fan_in)
-    self.kernel = nnx.Param(kernel_init(rngs.params(), (kernel_size, kernel_size, in_ch // groups, out_ch), param_dtype))
-    self.bias = nnx.Param(jnp.zeros((out_ch,), param_dtype)) if use_bias else None
-    self.kernel_size = kernel_size
+  def __init__(self, in_ch: int, out_ch: int, kernel_size: int | tuple = 3, *, stride: int | tuple = 1,
+               padding: int | str | None = None, use_bias: bool = True, groups: int = 1, kernel_init=None,
+               bias_init=None, bias_precision: str = "float32", spectral_norm: bool = False,
+               power_iterations: int = 1, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    k, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+    if k != kw:
+      raise ValueError(f"Conv2d: square kernels only, got {kernel_size}")
+    if bias_precision not in BIAS_PRECISIONS:
+      raise ValueError(f"Conv2d: unknown bias_precision {bias_precision!r}; choose one of {BIAS_PRECISIONS}")
+    kernel_init = kernel_init or kaiming_normal(in_ch // groups * k * k)
+    self.kernel = nnx.Param(kernel_init(rngs.params(), (k, k, in_ch // groups, out_ch), param_dtype))
+    if not use_bias:
+      self.bias = None
+    elif bias_init is None:
+      self.bias = nnx.Param(jnp.zeros((out_ch,), param_dtype))
+    else:
+      self.bias = nnx.Param(bias_init(rngs.params(), (out_ch,), param_dtype))
+    self.u = SpectralVector(_normalise(jax.random.normal(rngs.params(), (out_ch,), jnp.float32))) \
+        if spectral_norm else None
+    self.kernel_size = k
+    self.stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
+    self.padding = padding
     self.groups = groups
+    self.bias_precision = bias_precision
+    self.spectral_norm = spectral_norm
+    self.power_iterations = power_iterations
     self.dtype = dtype
 
-  def __call__(self, x, dilation: int = 1, padding: int | None = None):
+  def normalized_kernel(self, update: bool = False, iterations: int | None = None):
+    """The kernel divided by its estimated largest singular value (the raw kernel without spectral
+    normalisation); ``update`` stores the new power-iteration vector."""
+    kernel = self.kernel[...]
+    if not self.spectral_norm:
+      return kernel
+    w_mat = kernel.reshape(-1, kernel.shape[-1]).astype(jnp.float32)
+    sigma, u = power_iteration(w_mat, self.u[...], iterations or self.power_iterations)
+    if update:
+      self.u[...] = u
+    return (kernel / sigma).astype(kernel.dtype)
+
+  def __call__(self, x, dilation: int = 1, padding: int | str | None = None, *, update_sn: bool = False):
     if padding is None:
-      padding = dilation * (self.kernel_size - 1) // 2
-    kernel = self.kernel[...].astype(self.dtype)
+      padding = self.padding if self.padding is not None else dilation * (self.kernel_size - 1) // 2
+    kernel = self.normalized_kernel(update_sn).astype(self.dtype)
     if self.groups > 1 and self.groups == x.shape[-1] == kernel.shape[-1]:
       y = depthwise_conv(x.astype(self.dtype), kernel, padding, dilation)
     else:
       y = self._conv(x, kernel, padding, dilation)
-    if self.bias is not None:
-      # The add in float32 (fused into the cast): the bias gradient, a sum over every output pixel,
-      # then accumulates in float32 (in bfloat16 it was 14-30 % off on CPU; tests/test_layers.py).
-      y = (y.astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(self.dtype)
-    return y
+    if self.bias is None:
+      return y
+    if self.bias_precision == "compute":
+      return bias_add(y, self.bias[...])
+    # The add in float32, fused into the cast.
+    return (y.astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(self.dtype)
 
   def _conv(self, x, kernel, padding, dilation):
+    pads = padding if isinstance(padding, str) else [(padding, padding), (padding, padding)]
     return jax.lax.conv_general_dilated(
-        x.astype(self.dtype), kernel, (1, 1),
-        [(padding, padding), (padding, padding)], rhs_dilation=(dilation, dilation),
+        x.astype(self.dtype), kernel, self.stride, pads, rhs_dilation=(dilation, dilation),
         dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=self.groups)
 
 

@@ -22,8 +22,9 @@ settings), or ``'conv'`` two 3x3 convs (SiLU) on the 18-channel ``hdr_math.ldr_t
 ``conditional=False`` builds the unconditional model (no encoder; ``cond`` must be None).
 
 Computation runs in ``dtype``; parameters are ``param_dtype`` (float32). The convolutions and dense
-layers (:class:`Conv`, :class:`Dense`) have flax's parameters and initialisation, and accumulate their
-bias gradients in float32 (in bfloat16, flax's layers give bias gradients 30-70 % off).
+layers (:func:`Conv`, the shared :class:`hdr_jax.models.layers.Conv2d` set up as ``nnx.Conv``, and
+:class:`Dense`) have flax's parameters and initialisation, and accumulate their bias gradients in float32
+(in bfloat16, flax's layers give bias gradients 30-70 % off).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from flax import nnx
 
 from hdr_jax import hdr_math
 from hdr_jax.models import vam
-from hdr_jax.models.layers import avg_pool, bias_add, pad_to_multiple
+from hdr_jax.models.layers import Conv2d, avg_pool, bias_add, pad_to_multiple
 
 COND_ENCODERS = ("vam_drdb", "conv")
 GN_STATS = ("group", "channel")
@@ -63,23 +64,16 @@ def _groups(channels: int, groups: int) -> int:
   return math.gcd(channels, groups)
 
 
-class Conv(nnx.Module):
-  """A 'SAME'-padded convolution with ``nnx.Conv``'s parameters (``kernel (k, k, in, out)``, ``bias
-  (out,)``), initialisation (LeCun normal, zeros) and random-key use, so checkpoints and seeds are
-  as with ``nnx.Conv``. Its bias is added by :func:`hdr_jax.models.layers.bias_add`: the same
-  forward in ``dtype``, the bias gradient summed in float32 (``nnx.Conv`` sums it in ``dtype``)."""
-
-  def __init__(self, in_ch: int, out_ch: int, kernel_size=(3, 3), *, strides=(1, 1),
-               kernel_init=nnx.initializers.lecun_normal(), dtype=jnp.float32, param_dtype=jnp.float32, rngs):
-    self.kernel = nnx.Param(kernel_init(rngs.params(), (*kernel_size, in_ch, out_ch), param_dtype))
-    self.bias = nnx.Param(nnx.initializers.zeros(rngs.params(), (out_ch,), param_dtype))
-    self.strides = tuple(strides)
-    self.dtype = dtype
-
-  def __call__(self, x):
-    y = jax.lax.conv_general_dilated(x.astype(self.dtype), self.kernel[...].astype(self.dtype), self.strides, "SAME",
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return bias_add(y, self.bias[...])
+def Conv(in_ch: int, out_ch: int, kernel_size=(3, 3), *, strides=(1, 1),  # noqa: N802
+         kernel_init=nnx.initializers.lecun_normal(), dtype=jnp.float32, param_dtype=jnp.float32, rngs) -> Conv2d:
+  """The U-Net's convolution: a 'SAME'-padded :class:`~hdr_jax.models.layers.Conv2d` with ``nnx.Conv``'s
+  parameters (``kernel (k, k, in, out)``, ``bias (out,)``), initialisation (LeCun normal, zeros) and
+  random-key use, so checkpoints and seeds are as with ``nnx.Conv``. Its bias is added as ``nnx.Conv``
+  adds it, in ``dtype`` (``bias_precision='compute'``), but its gradient is summed in float32
+  (``nnx.Conv`` sums it in ``dtype``)."""
+  return Conv2d(in_ch, out_ch, kernel_size, stride=strides, padding="SAME", kernel_init=kernel_init,
+                bias_init=nnx.initializers.zeros, bias_precision="compute", dtype=dtype, param_dtype=param_dtype,
+                rngs=rngs)
 
 
 class Dense(nnx.Module):
