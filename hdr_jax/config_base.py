@@ -5,6 +5,7 @@ Every key can be overridden on the command line: ``--config.batch_size=16 --conf
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 from pathlib import Path
 
@@ -111,17 +112,63 @@ def load_config_file(path, arg: str = "") -> ml_collections.ConfigDict:
   return module.get_config(arg) if arg else module.get_config()
 
 
-def apply_overrides(config, overrides: dict | None):
-  """Sets dotted keys (``{"model.gamma": 2.2}``) on a ConfigDict (the ``--config.KEY=VALUE`` of the
-  programs that load a workdir's config). A missing parent or a value of the wrong type is an error; a
-  missing last key is added (``convert`` sets ``model.*`` keys that the base config lacks)."""
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+
+
+def _typed(node, key: str, value, name: str):  # name: the override as written, for errors
+  """``value`` for the existing field ``node[key]``, read as the trainer's ``--config.KEY=VALUE`` reads
+  it: text for a bool (``true``/``False``/``1``...), a number or a tuple is converted to the field's
+  type, an int given for a float is a float; anything else is left to the ConfigDict's own type check."""
+  kind = node.get_ref(key).get_type()
+  if isinstance(value, str) and kind is bool:
+    if value.lower() not in _TRUE + _FALSE:
+      raise ValueError(f"{name}: expected true or false")
+    return value.lower() in _TRUE
+  if isinstance(value, str) and kind in (int, float):
+    try:
+      return kind(value)
+    except ValueError:
+      raise ValueError(f"{name}: expected {'an integer' if kind is int else 'a number'}") from None
+  if isinstance(value, str) and kind in (tuple, list):
+    try:
+      parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      raise ValueError(f"{name}: expected a {kind.__name__} such as (1, 2) or ('a', 'b')") from None
+    return kind(parsed) if isinstance(parsed, (tuple, list)) else kind((parsed,))
+  if isinstance(value, list) and kind is tuple:
+    return tuple(value)
+  if isinstance(value, int) and not isinstance(value, bool) and kind is float:
+    return float(value)
+  return value
+
+
+def apply_overrides(config, overrides: dict | None, *, add_missing: bool = False):
+  """Sets dotted keys (``{"model.gamma": 2.2}``) on a ConfigDict: the ``--config.KEY=VALUE`` of the
+  programs that load a workdir's or a shipped model's config, read as the trainer reads it (values for
+  an existing field take its type: :func:`_typed`). A key the config lacks is an error naming the
+  fields there are, unless ``add_missing`` (``convert`` sets ``model.*`` keys that the base config
+  lacks); so is a value of the wrong type."""
   for k, v in (overrides or {}).items():
     *path, last = k.split(".")
+    name = f"--config.{k}={v}"  # as written on the command line (the value as parsed)
     node = config
     try:
-      for p in path:
+      for i, p in enumerate(path):
+        if isinstance(node, ml_collections.ConfigDict) and p not in node:
+          raise ValueError(f"{name}: no such setting ({'.'.join(path[:i + 1])} is not in the config)")
         node = node[p]
-      node[last] = v
+      if not isinstance(node, ml_collections.ConfigDict):
+        raise ValueError(f"{name}: {'.'.join(path)} is not a group of settings")
+      if last in node:
+        if isinstance(node[last], ml_collections.ConfigDict):
+          example = next(iter(node[last]), "...")
+          raise ValueError(f"{name}: {k} is a group of settings; set its fields ({k}.{example}=...)")
+        node[last] = _typed(node, last, v, name)
+      elif add_missing:
+        node[last] = v
+      else:
+        raise ValueError(f"{name}: no such setting (the settings of {'.'.join(path) or 'the config'} are "
+                         f"{', '.join(sorted(node))})")
     except (KeyError, AttributeError, TypeError) as e:
-      raise ValueError(f"--config.{k}={v!r}: {e}") from None
+      raise ValueError(f"{name}: {e}") from None
   return config

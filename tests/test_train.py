@@ -164,6 +164,31 @@ def test_workdir_programs_take_config_overrides(tmp_path):
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-2000:]
 
 
+def test_workdir_overrides_are_read_as_the_trainer_reads_them():
+  """A loaded config's ``--config.KEY=VALUE`` takes the field's type (``False``, a tuple, a number given
+  as text); a key the config lacks, a value that does not fit and a whole group are errors naming them."""
+  from hdr_jax import cli, config_base
+
+  c = config_base.load_config_file(ROOT / "configs" / "ahdrnet.py", "cpu")
+  config_base.apply_overrides(c, cli.parse_overrides([
+      "model.polyphase=False", "optimizer.learning_rate=1", "data.embedded.motion_range=(0.5, 3.0)",
+      "eval.max_scenes=2", "data.embedded.hdr_files=('a.exr',)", "data.root=/d"]))
+  assert c.model.polyphase is False and c.optimizer.learning_rate == 1.0
+  assert isinstance(c.optimizer.learning_rate, float) and c.data.embedded.motion_range == (0.5, 3.0)
+  assert c.eval.max_scenes == 2 and c.data.embedded.hdr_files == ("a.exr",) and c.data.root == "/d"
+  for item, message in (("model.polyphse=1", "--config.model.polyphse=1: no such setting (the settings of model "
+                                             "are channels, "),
+                        ("nope.x=1", "--config.nope.x=1: no such setting (nope is not in the config)"),
+                        ("model.polyphase=maybe", "--config.model.polyphase=maybe: expected true or false"),
+                        ("eval.max_scenes=two", "--config.eval.max_scenes=two: expected an integer"),
+                        ("model=1", "--config.model=1: model is a group of settings")):
+    with pytest.raises(ValueError) as e:
+      config_base.apply_overrides(c, cli.parse_overrides([item]))
+    assert str(e.value).startswith(message), str(e.value)
+  added = config_base.apply_overrides(config_base.get_base_config(), {"model.channels": 8}, add_missing=True)
+  assert added.model.channels == 8  # convert's model.* keys, which the base config lacks
+
+
 @pytest.mark.slow
 def test_entry_points_end_to_end(tmp_path):
   cache, wd = tmp_path / "cache", tmp_path / "run"
