@@ -42,7 +42,7 @@ class HDRModel:
   def __init__(self, config, engine, state, step: int, source):
     self.config, self.step, self.source = config, step, source
     self._engine, self._state = engine, state
-    self._radius = engine.task.receptive_radius(engine.bundle(state))
+    self._radius = engine.receptive_radius(state)
 
   def __repr__(self) -> str:
     return f"HDRModel({self.config.model.name}, task {self.config.task}, step {self.step}, from {self.source})"

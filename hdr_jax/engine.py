@@ -109,6 +109,11 @@ class Engine:
 
     return parameter_overview.get_parameter_overview(self._trained(state))
 
+  def receptive_radius(self, state) -> int | None:
+    """How far (pixels) an output pixel sees into the input, for tiled prediction; None for a model
+    that is not translation-local (it then predicts whole frames)."""
+    return self.task.receptive_radius(self.bundle(state))
+
   def _trained(self, state) -> dict:
     return self.task.param_state(self.bundle(state)).to_pure_dict()
 
@@ -156,8 +161,14 @@ class Engine:
     """
     return self._run(self.predict_step, state, frames_u8, exposures, key)
 
+  @property
+  def has_estimate(self) -> bool:
+    """Whether predictions refine a deterministic estimate (:meth:`predict_estimate`): a DDPM around
+    the classical merge or a regression head."""
+    return bool(self.task.has_estimate)
+
   def predict_estimate(self, state, frames_u8: np.ndarray, exposures: np.ndarray) -> np.ndarray:
-    """The deterministic estimate a task's prediction refines (``task.has_estimate``), as :meth:`predict`."""
+    """The deterministic estimate a task's prediction refines (:attr:`has_estimate`), as :meth:`predict`."""
     return self._run(self.estimate_step, state, frames_u8, exposures, None)
 
   def _run(self, fn, state, frames_u8, exposures, key):

@@ -76,7 +76,7 @@ def evaluate_scenes(engine, state, scenes, *, key=None, writer=None, step: int =
                          "psnr_l": hdr_math.np_psnr_l(d["gt"], p)}
       medium = d["frames"][1]
     row = {"id": d["id"], **full(pred)}
-    if engine.task.has_estimate:  # the deterministic estimate the prediction refines, scored beside it
+    if engine.has_estimate:  # the deterministic estimate the prediction refines, scored beside it
       est = psnrs(engine.predict_estimate(state, d["frames"][None], d["exposures"][None])[0])
       row["estimate_psnr_mu"], row["estimate_psnr_l"] = est["psnr_mu"], est["psnr_l"]
     if baseline:

@@ -210,8 +210,7 @@ def test_tiled_prediction_equals_the_whole_frame(tiny):
 
 def test_a_model_that_is_not_translation_local_runs_whole_and_refuses_tiles():
   calls = []
-  engine = types.SimpleNamespace(task=types.SimpleNamespace(receptive_radius=lambda bundle: None),
-                                 bundle=lambda state: None,
+  engine = types.SimpleNamespace(receptive_radius=lambda state: None,
                                  predict=lambda state, f, e, key: calls.append(f.shape) or f[:, 1].astype(np.float32) / 255)
   config = types.SimpleNamespace(model=types.SimpleNamespace(name="unet"), task="diffusion")
   m = api.HDRModel(config, engine, None, 1, "runs/x")
