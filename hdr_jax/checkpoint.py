@@ -17,6 +17,7 @@ import json
 import logging
 import re
 import sys
+from pathlib import Path
 
 import jax
 import ml_collections
@@ -116,6 +117,32 @@ def _differences(stored, wanted) -> list[str]:
   return diffs
 
 
+def copy_step(source, step: int, target, edit_meta=None) -> Path:
+  """Writes checkpoint ``step`` of the workdir ``source`` (its state and meta, not the input pipeline's
+  position) as the only checkpoint of the workdir ``target``, with the meta passed through
+  ``edit_meta`` (e.g. to cut machine paths from its config). Orbax's commit notes name the folder they
+  were written in; the copy's are reworded without it, so the copy names no path of this machine.
+  Returns the copied step's folder."""
+  src = Checkpoints(source, read_only=True)
+  try:
+    if step not in src.all_steps():
+      raise fileio.DataError(src.directory, f"no checkpoint at step {step} (have {src.all_steps()})")
+    state, meta = src.read_state(step), src.read_meta(step)
+  finally:
+    src.close()
+  meta = edit_meta(meta) if edit_meta else meta
+  dst = Checkpoints(target, keep=1)
+  try:
+    dst.save(step, state, meta={k: v for k, v in meta.items() if k not in ("step", "metrics")},
+             metrics=meta.get("metrics"))
+  finally:
+    dst.close()
+  folder = dst.directory / str(step)
+  for note in folder.rglob("commit_success.txt"):
+    note.write_text("Checkpoint commit was successful")
+  return folder
+
+
 def free_name(path):
   """``path`` with ``.damaged`` appended, or ``.damaged.2``, ``.damaged.3``... whichever is free
   (never ``_<digits>``, which Orbax would list as a step)."""
@@ -189,13 +216,24 @@ class Checkpoints:
         best, best_val = s, m[self.best_metric]
     return best
 
+  def read_meta(self, step: int) -> dict:
+    """The meta item of ``step`` (JSON: its step, config, validation metrics...); ``DamagedCheckpoint``
+    if it cannot be read."""
+    path = self.directory / str(step)
+    try:
+      meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    except Exception as e:  # noqa: BLE001 - whatever Orbax raises for an unreadable item
+      raise DamagedCheckpoint(path, f"checkpoint is damaged or incomplete ({short_error(e, path)})") from None
+    if not isinstance(meta, dict):
+      raise DamagedCheckpoint(path, "checkpoint is damaged or incomplete (its meta item is not a JSON object)")
+    return meta
+
   def metrics(self, step: int) -> dict | None:
     """The validation metrics stored with ``step`` (None when it has none or cannot be read)."""
     try:
-      meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    except Exception:  # noqa: BLE001 - a damaged step has no metrics to offer; restore() reports the damage
+      return self.read_meta(step).get("metrics")
+    except DamagedCheckpoint:  # a damaged step has no metrics to offer; restore() reports the damage
       return None
-    return meta.get("metrics") if isinstance(meta, dict) else None
 
   def stored_tree(self, step: int) -> dict:
     """The stored state's structure, ``{key: {...: ArrayMetadata}}`` as nested dicts (shapes and dtypes
@@ -221,12 +259,14 @@ class Checkpoints:
                             self.stored_tree(step), is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
     return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
 
-  def save(self, step: int, state: nnx.State, *, meta: dict, data_iter=None, metrics: dict | None = None) -> None:
-    """Saves ``state`` (an ``nnx.State``), ``meta`` (JSON) and the grain iterator position."""
+  def save(self, step: int, state, *, meta: dict, data_iter=None, metrics: dict | None = None) -> None:
+    """Saves ``state`` (an ``nnx.State``, or its pure dict), ``meta`` (JSON) and the grain iterator
+    position."""
     import grain
 
     meta = dict(meta, step=int(step), metrics=metrics)
-    args = {"state": ocp.args.StandardSave(state.to_pure_dict()), "meta": ocp.args.JsonSave(meta)}
+    pure = state.to_pure_dict() if hasattr(state, "to_pure_dict") else state
+    args = {"state": ocp.args.StandardSave(pure), "meta": ocp.args.JsonSave(meta)}
     if data_iter is not None:
       args["data"] = grain.checkpoint.CheckpointSave(data_iter)
     self.manager.save(step, args=ocp.args.Composite(**args), metrics=metrics, force=True)

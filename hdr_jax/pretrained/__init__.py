@@ -67,14 +67,9 @@ def export(workdir, name: str, card: dict, step: int | None = None) -> Path:
   out = ROOT / name
   if out.exists():
     shutil.rmtree(out)
-  (out / "checkpoints").mkdir(parents=True)
-  dst = out / "checkpoints" / str(step)
-  shutil.copytree(src / "checkpoints" / str(step), dst)
-  # Orbax's commit notes and the checkpoint's own copy of the config name the training machine's paths.
-  for note in dst.rglob("commit_success.txt"):
-    note.write_text("Checkpoint commit was successful")
-  meta = json.loads((dst / "meta" / "metadata").read_text())
-  (dst / "meta" / "metadata").write_text(json.dumps(dict(meta, config=local_paths_cut(meta["config"]))))
+  # The checkpoint's own copy of the config names the training machine's paths too.
+  checkpoint.copy_step(src, step, out,
+                       edit_meta=lambda m: dict(m, config=local_paths_cut(m["config"])) if "config" in m else m)
   config = local_paths_cut(json.loads(config.to_json_best_effort()))
   (out / checkpoint.CONFIG_FILE).write_text(json.dumps(config, indent=2))
   (out / CARD).write_text(json.dumps({"name": name, "step": step, **card}, indent=2))
