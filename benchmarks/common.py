@@ -22,6 +22,19 @@ _PACKAGES = ("jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda13-plugin", "flax", 
              "tensorflow-datasets", "orbax-checkpoint", "opencv-python-headless")
 
 
+def engine(config):
+  """The trainer's Engine for ``config``, its task prepared as the trainer prepares it (l-DAE's PCA basis
+  fitted on the config's training data, the embedded dataset by default), so a benchmark measures the
+  model a run trains."""
+  from hdr_jax import data, tasks
+  from hdr_jax import engine as engine_lib
+
+  task = tasks.get_task(config)
+  if task.prepares_from_data:
+    task.prepare(data.resolve_data(config)[0])
+  return engine_lib.Engine(config, task=task)
+
+
 def time_repeats(fn, *, repeats: int, warmup: int = 1, iters: int = 1, sync=None) -> dict:
   """Runs ``fn()`` ``warmup`` times, then ``repeats`` times ``iters`` calls; waits for the result of the
   last call of each repeat (``sync(result)``, default ``jax.block_until_ready``) before reading the clock.

@@ -154,13 +154,12 @@ def jax_train(name: str, dtype: str, args, overrides: dict) -> dict:
   import jax
 
   from hdr_jax import cli
-  from hdr_jax import engine as engine_lib
 
   dev = jax.devices()[0]
   peak_before = common.peak_bytes(dev)
   config = load_config(name, dtype, args.batch, args.patch, overrides)
   cli.use_compilation_cache(config)
-  eng = engine_lib.Engine(config)
+  eng = common.engine(config)
   start = time.perf_counter()
   state = jax.block_until_ready(eng.init_state(jax.random.key(config.seed)))
   init_s = time.perf_counter() - start
@@ -214,12 +213,11 @@ def jax_infer(name: str, dtype: str, args, overrides: dict) -> dict:
   import jax
 
   from hdr_jax import cli
-  from hdr_jax import engine as engine_lib
 
   dev = jax.devices()[0]
   config = load_config(name, dtype, args.batch, args.patch, overrides)
   cli.use_compilation_cache(config)
-  eng = engine_lib.Engine(config)
+  eng = common.engine(config)
   state = jax.block_until_ready(eng.init_state(jax.random.key(config.seed)))
   n_params = eng.param_count(state)
   frame = synthetic_batch(1, (args.height, args.width), seed=1)

@@ -127,11 +127,10 @@ def _target_fn(args):
   if kind in ("train", "predict"):
     import models as model_bench
     from hdr_jax import cli
-    from hdr_jax import engine as engine_lib
 
     config = model_bench.load_config(name, args.dtype, args.batch, args.patch, {})
     cli.use_compilation_cache(config)
-    eng = engine_lib.Engine(config)
+    eng = common.engine(config)
     state = {"s": eng.init_state(jax.random.key(config.seed))}
     key = jax.random.key(1)
     if kind == "train":

@@ -65,6 +65,9 @@ class Task:
   best_metric = "psnr_mu"
   # Whether predict refines a deterministic estimate that predict_estimate returns (scored beside it).
   has_estimate = False
+  # Whether prepare needs the training data (l-DAE's PCA): a tool that builds the bundle outside the
+  # trainer (a benchmark) then resolves the data and calls prepare as the trainer does.
+  prepares_from_data = False
   # Where a pretrained feature extractor (config.init.feature_extractor, hdr_jax.pretrain) is copied: paths
   # into the bundle's state. Empty: the task takes none (feature_extractor_refusal says why).
   feature_extractor_paths: tuple[tuple[str, ...], ...] = ()

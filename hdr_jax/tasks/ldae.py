@@ -208,6 +208,8 @@ class LdaeTask(Task):
   ``ldae.{patch, latent_dim, sigmas, residual, decoder_channels, pca_batches, pca_max_patches,
   eval_sigma}``."""
 
+  prepares_from_data = True
+
   def __init__(self, config):
     super().__init__(config)
     c = config.ldae
