@@ -142,12 +142,27 @@ def _typed(node, key: str, value, name: str):  # name: the override as written, 
   return value
 
 
-def apply_overrides(config, overrides: dict | None, *, add_missing: bool = False):
+# Sections whose keys are a model builder's keyword arguments: a config lists the ones it changes and the
+# builder defaults the rest (models.build_model), so any of them may be added.
+OPEN_SECTIONS = ("model", "estimator")
+
+
+def _literal(value):
+  """A value for a key added to an open section: a Python literal where the text is one, else the text."""
+  if not isinstance(value, str):
+    return value
+  try:
+    return ast.literal_eval(value)
+  except (ValueError, SyntaxError):
+    return value
+
+
+def apply_overrides(config, overrides: dict | None):
   """Sets dotted keys (``{"model.gamma": 2.2}``) on a ConfigDict: the ``--config.KEY=VALUE`` of the
   programs that load a workdir's or a shipped model's config, read as the trainer reads it (values for
-  an existing field take its type: :func:`_typed`). A key the config lacks is an error naming the
-  fields there are, unless ``add_missing`` (``convert`` sets ``model.*`` keys that the base config
-  lacks); so is a value of the wrong type."""
+  an existing field take its type: :func:`_typed`). A key the config lacks is added in an
+  :data:`OPEN_SECTIONS` section (a model builder's argument) and is an error naming the settings there
+  are anywhere else; so is a value of the wrong type."""
   for k, v in (overrides or {}).items():
     *path, last = k.split(".")
     name = f"--config.{k}={v}"  # as written on the command line (the value as parsed)
@@ -164,8 +179,8 @@ def apply_overrides(config, overrides: dict | None, *, add_missing: bool = False
           example = next(iter(node[last]), "...")
           raise ValueError(f"{name}: {k} is a group of settings; set its fields ({k}.{example}=...)")
         node[last] = _typed(node, last, v, name)
-      elif add_missing:
-        node[last] = v
+      elif path and path[0] in OPEN_SECTIONS:
+        node[last] = _literal(v)
       else:
         raise ValueError(f"{name}: no such setting (the settings of {'.'.join(path) or 'the config'} are "
                          f"{', '.join(sorted(node))})")

@@ -83,7 +83,7 @@ def convert(kind: str, weights, workdir, overrides: dict | None = None, protocol
       raise ValueError(f"--protocol=sig17: no SIG17 convention is defined for --from={kind}")
     config.model.update(SIG17_MODEL[model_name])
   config.data.protocol = protocol
-  config_base.apply_overrides(config, overrides, add_missing=True)
+  config_base.apply_overrides(config, overrides)
   cli.use_compilation_cache(config)
   engine = engine_lib.Engine(config)
   state = engine.init_state(jax.random.key(config.seed))

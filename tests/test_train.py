@@ -166,7 +166,8 @@ def test_workdir_programs_take_config_overrides(tmp_path):
 
 def test_workdir_overrides_are_read_as_the_trainer_reads_them():
   """A loaded config's ``--config.KEY=VALUE`` takes the field's type (``False``, a tuple, a number given
-  as text); a key the config lacks, a value that does not fit and a whole group are errors naming them."""
+  as text); a key the config lacks (outside the model builders' open sections), a value that does not fit
+  and a whole group are errors naming them."""
   from hdr_jax import cli, config_base
 
   c = config_base.load_config_file(ROOT / "configs" / "ahdrnet.py", "cpu")
@@ -176,8 +177,8 @@ def test_workdir_overrides_are_read_as_the_trainer_reads_them():
   assert c.model.polyphase is False and c.optimizer.learning_rate == 1.0
   assert isinstance(c.optimizer.learning_rate, float) and c.data.embedded.motion_range == (0.5, 3.0)
   assert c.eval.max_scenes == 2 and c.data.embedded.hdr_files == ("a.exr",) and c.data.root == "/d"
-  for item, message in (("model.polyphse=1", "--config.model.polyphse=1: no such setting (the settings of model "
-                                             "are channels, "),
+  for item, message in (("optimizer.learnig_rate=1", "--config.optimizer.learnig_rate=1: no such setting (the "
+                                                     "settings of optimizer are b1, b2, "),
                         ("nope.x=1", "--config.nope.x=1: no such setting (nope is not in the config)"),
                         ("model.polyphase=maybe", "--config.model.polyphase=maybe: expected true or false"),
                         ("eval.max_scenes=two", "--config.eval.max_scenes=two: expected an integer"),
@@ -185,8 +186,8 @@ def test_workdir_overrides_are_read_as_the_trainer_reads_them():
     with pytest.raises(ValueError) as e:
       config_base.apply_overrides(c, cli.parse_overrides([item]))
     assert str(e.value).startswith(message), str(e.value)
-  added = config_base.apply_overrides(config_base.get_base_config(), {"model.channels": 8}, add_missing=True)
-  assert added.model.channels == 8  # convert's model.* keys, which the base config lacks
+  added = config_base.apply_overrides(config_base.get_base_config(), {"model.channels": "8", "model.x": "(1, 2)"})
+  assert added.model.channels == 8 and added.model.x == (1, 2)  # a model builder's arguments: any may be added
 
 
 @pytest.mark.slow
