@@ -134,9 +134,8 @@ def test_models_benchmark_counts_the_train_steps_own_flops(tmp_path):
   compiled step (on CPU XLA counts convolutions). ``NAME:ARG`` selects a config's variant."""
   import models
 
-  report = models.main(["--models=ahdrnet@model.channels=8@model.growth=4@model.n_dense=2@model.n_blocks=1,"
-                        "diffusion@model.ch=8@model.groups=4@model.cond_conv_hidden=16"
-                        "@sampler.steps=10", "--dtypes=float32", "--phases=train", "--batch=1", "--patch=16",
+  report = models.main(["--models=ahdrnet:tiny,diffusion:tiny@sampler.steps=10", "--dtypes=float32",
+                        "--phases=train", "--batch=1", "--patch=16",
                         "--repeats=1", "--warmup=0", "--iters=1", "--peak_tflops=none",
                         f"--json={tmp_path / 'm.json'}"])
   ahdr, ddpm = (r["train"] for r in report["rows"])
