@@ -56,7 +56,8 @@ def train(args) -> None:
   if (workdir / "checkpoints").is_dir() and any((workdir / "checkpoints").iterdir()):
     print(f"{workdir}: checkpoint found, training skipped")
     return
-  cmd = [sys.executable, "-m", "hdr_jax.train", f"--config={ROOT / 'configs' / args.config}.py",
+  stem, _, variant = args.config.partition(":")
+  cmd = [sys.executable, "-m", "hdr_jax.train", f"--config={ROOT / 'configs' / stem}.py" + (f":{variant}" if variant else ""),
          f"--workdir={workdir}", f"--config.num_train_steps={args.train_steps}",
          f"--config.eval_every={args.train_steps}", f"--config.checkpoint_every={args.train_steps}",
          f"--config.data.embedded.val_scenes={args.val_scenes}", "--config.progress=False"]
@@ -72,7 +73,8 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                               epilog="--config.KEY=VALUE (repeatable): a config override for the training run")
   p.add_argument("--workdir", required=True)
-  p.add_argument("--config", default="diffusion", help="configs/<name>.py (a diffusion config)")
+  p.add_argument("--config", default="diffusion",
+                 help="configs/<name>.py (a diffusion config; NAME:ARG for its variant, e.g. diffusion:tiny)")
   p.add_argument("--train_steps", type=int, default=3000)
   p.add_argument("--val_scenes", type=int, default=8, help="embedded validation scenes (evaluated)")
   p.add_argument("--samplers", default="ddpm,ddim:50:1,ddim:25:1,ddim:50:0",

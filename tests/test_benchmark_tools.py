@@ -70,22 +70,17 @@ def test_sampler_quality_parses_samplers():
 
 
 def test_sampler_quality_tiny(tmp_path):
-  """Trains the main job's config (refining the classical merge, no estimator network: less to compile)
-  for 2 steps through the trainer, then scores one checkpoint with the
+  """Trains the main job's config at its :tiny size (refining the classical merge, no estimator network:
+  less to compile) for 2 steps through the trainer, then scores one checkpoint with the
   full ancestral sampler and DDIM, one seed each; the first sampler is the reference of the gaps."""
   out = tmp_path / "sq.json"
   env = {"HDR_JAX_CACHE": str(tmp_path / "cache"), **cli_env(), "PYTHONPATH": str(ROOT),
          "JAX_PLATFORMS": "cpu"}
   proc = subprocess.run(
       [sys.executable, "benchmarks/sampler_quality.py", f"--workdir={tmp_path / 'run'}", "--train_steps=2",
-       "--val_scenes=1", "--samplers=ddpm,ddim:5:1", "--seeds=0", "--config.diffusion.timesteps=10",
-       "--config.diffusion.estimate=merge",
-       "--config.sampler.steps=5", "--config.data.embedded.train_scenes=2", "--config.batch_size=2",
-       "--config.data.patch_size=32", "--config.data.embedded.height=48", "--config.data.embedded.width=48",
-       "--config.data.embedded.val_height=32", "--config.data.embedded.val_width=48", "--config.model.ch=8",
-       "--config.model.groups=4", "--config.model.cond_channels=4", "--config.model.cond_conv_hidden=8",
-       "--config.estimator.channels=8", "--config.estimator.growth=4", "--config.estimator.n_blocks=1",
-       "--config.estimator.n_dense=2", f"--json={out}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+       "--val_scenes=1", "--samplers=ddpm,ddim:5:1", "--seeds=0", "--config=diffusion:tiny",
+       "--config.diffusion.estimate=merge", f"--json={out}"], cwd=ROOT, env=env, capture_output=True, text=True,
+      timeout=600)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   report = json.loads(out.read_text())
   assert [(r["sampler"], r["seed"]) for r in report["rows"]] == [("ddpm (all T)", 0), ("ddim-5 eta 1", 0)]
