@@ -125,8 +125,6 @@ def copy_step(source, step: int, target, edit_meta=None) -> Path:
   Returns the copied step's folder."""
   src = Checkpoints(source, read_only=True)
   try:
-    if step not in src.all_steps():
-      raise fileio.DataError(src.directory, f"no checkpoint at step {step} (have {src.all_steps()})")
     state, meta = src.read_state(step), src.read_meta(step)
   finally:
     src.close()
@@ -216,9 +214,14 @@ class Checkpoints:
         best, best_val = s, m[self.best_metric]
     return best
 
+  def _require(self, step: int) -> None:
+    if step not in self.all_steps():
+      raise fileio.DataError(self.directory / str(step), f"no checkpoint at step {step} (have {self.all_steps()})")
+
   def read_meta(self, step: int) -> dict:
     """The meta item of ``step`` (JSON: its step, config, validation metrics...); ``DamagedCheckpoint``
     if it cannot be read."""
+    self._require(step)
     path = self.directory / str(step)
     try:
       meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
@@ -232,12 +235,13 @@ class Checkpoints:
     """The validation metrics stored with ``step`` (None when it has none or cannot be read)."""
     try:
       return self.read_meta(step).get("metrics")
-    except DamagedCheckpoint:  # a damaged step has no metrics to offer; restore() reports the damage
+    except fileio.DataError:  # a missing or damaged step has no metrics to offer; restore() reports the damage
       return None
 
   def stored_tree(self, step: int) -> dict:
     """The stored state's structure, ``{key: {...: ArrayMetadata}}`` as nested dicts (shapes and dtypes
     from the checkpoint's metadata; no array is read). ``DamagedCheckpoint`` if it cannot be read."""
+    self._require(step)
     path = self.directory / str(step)
     logger = absl_logging.get_absl_logger()
     logger.addFilter(_not_an_unreadable_item_notice)  # the None below says it, as one DamagedCheckpoint
@@ -278,12 +282,10 @@ class Checkpoints:
     the metadata, before reading any array), ``DamagedCheckpoint`` if the step cannot be read."""
     import grain
 
-    if step not in self.all_steps():
-      raise fileio.DataError(self.directory / str(step), f"no checkpoint at step {step} (have {self.all_steps()})")
     path = self.directory / str(step)
     _quiet_closed_loop_callbacks()
     pure = state.to_pure_dict()
-    stored = self.stored_tree(step)
+    stored = self.stored_tree(step)  # no such step: a DataError saying so
     diffs = _differences(stored, pure)
     if diffs:
       raise CheckpointMismatch(
