@@ -10,6 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -139,6 +140,34 @@ def test_a_moved_aside_or_unfinished_folder_is_not_a_step(runs, tmp_path):
   ckpts = checkpoint.Checkpoints(ckdir.parent, read_only=True)
   assert ckpts.all_steps() == [2, 4] and ckpts.latest_step() == 4
   ckpts.close()
+
+
+def test_copy_step_writes_one_step_elsewhere_without_this_machines_paths(runs, tmp_path):
+  """``checkpoint.copy_step`` (how a model is shipped): the step's state and edited meta, and nothing of
+  the input pipeline, as the only step of another workdir; its files name no folder of the source or the
+  copy; a step the source lacks is one error naming it, and nothing is written."""
+  base, _, _ = runs
+  folder = checkpoint.copy_step(base, 2, tmp_path / "copy", edit_meta=lambda m: dict(m, note="edited"))
+  assert folder == tmp_path / "copy" / "checkpoints" / "2"
+  src = checkpoint.Checkpoints(base, read_only=True)
+  dst = checkpoint.Checkpoints(tmp_path / "copy", read_only=True)
+  assert dst.all_steps() == [2] and dst.read_meta(2)["note"] == "edited"
+  assert dst.read_meta(2)["step"] == 2 and dst.metrics(2) == src.metrics(2)
+  want, got = src.read_state(2), dst.read_state(2)
+  flat = lambda t: dict(jax.tree_util.tree_leaves_with_path(t))  # noqa: E731
+  assert flat(want).keys() == flat(got).keys()
+  for k, x in flat(want).items():
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(flat(got)[k]))
+  src.close()
+  dst.close()
+  assert not (folder / "data").exists()
+  for f in folder.rglob("*"):
+    if f.is_file():
+      text = f.read_bytes()
+      assert str(tmp_path).encode() not in text and str(base).encode() not in text, f
+  with pytest.raises(fileio.DataError, match=r"no checkpoint at step 3 \(have \[2, 4\]\)"):
+    checkpoint.copy_step(base, 3, tmp_path / "none")
+  assert not (tmp_path / "none").exists()
 
 
 @pytest.mark.parametrize("entry", ["evaluate", "predict"])
