@@ -43,8 +43,8 @@
 # deadline loses the later ones only.
 # Local dry run (no wheel install, tiny sizes):
 #   HDR_BENCH_NO_INSTALL=1 PYTHON=.venv/bin/python OUT=/tmp/gpu_out BATCH=2 PATCH=64 HEIGHT=64 WIDTH=96 \
-#     REPEATS=2 MODELS=ahdrnet DTYPES=float32 MODELS_B=vam PIPELINE_ARGS="--pipeline_height=128 \
-#     --pipeline_width=192 --pipeline_scenes=4 --workers=0" DIFFUSION_ARGS="--size=small --height=32 --width=32 \
+#     REPEATS=2 MODELS=ahdrnet DTYPES=float32 MODELS_B=vam PIPELINE_ARGS="--height=128 \
+#     --width=192 --scenes=4 --workers=0" DIFFUSION_ARGS="--size=small --height=32 --width=32 \
 #     --batch=2 --steps=5 --ddim_steps=2 --python_steps=3 --torch_steps=2 --repeats=1" SKIP=quality,profile \
 #     bash benchmarks/gpu.sh
 BUDGET=${BUDGET:-560}                  # seconds for the whole script; each step's timeout fits inside it
@@ -118,7 +118,8 @@ step models "$MODELS_TIMEOUT" "$PY" benchmarks/models.py --models="$MODELS" --dt
 CONSUMPTION=()
 [ -f "$OUT/models.json" ] && CONSUMPTION=(--consumption_from="$OUT/models.json")
 # shellcheck disable=SC2086
-step pipeline "$PIPELINE_TIMEOUT" "$PY" benchmarks/models.py --models= --pipeline --batch="$BATCH" --patch="$PATCH" \
+step pipeline "$PIPELINE_TIMEOUT" "$PY" benchmarks/input_pipeline.py --scenes=16 --workers=auto --threads=4 \
+  --prefetch=4 --batches=24 --sources=tiles,prepared/array_record,png --batch="$BATCH" --patch="$PATCH" \
   "${CONSUMPTION[@]}" --json="$OUT/pipeline.json" $PIPELINE_ARGS
 
 # shellcheck disable=SC2086  # *_ARGS are word lists on purpose
@@ -143,10 +144,14 @@ find "$OUT" -name '*.xplane.pb' -delete 2> /dev/null
   echo
   echo "================================ summary ================================"
   SUMMARIES=()
-  for f in "$OUT/models.json" "$OUT/models_b.json" "$OUT/pipeline.json"; do [ -f "$f" ] && SUMMARIES+=("$f"); done
+  for f in "$OUT/models.json" "$OUT/models_b.json"; do [ -f "$f" ] && SUMMARIES+=("$f"); done
   if [ "${#SUMMARIES[@]}" -gt 0 ]; then
     "$PY" benchmarks/models.py --summary="$(IFS=,; echo "${SUMMARIES[*]}")" 2>&1
   fi
+  [ -f "$OUT/pipeline.json" ] && "$PY" -c "import json, sys
+d = json.load(open(sys.argv[1]))
+print('pipeline.json: best delivered / fastest train step per crops/scene:', d.get('ratio'), '(target', d.get('target_ratio'), ')')
+[print('  FAILED', f) for f in d.get('failures', [])]" "$OUT/pipeline.json" 2>&1
   for f in diffusion_sampling diffusion_gnstats diffusion_cmdbuf sampler_quality; do
     [ -f "$OUT/$f.json" ] || continue
     echo "$f.json:"

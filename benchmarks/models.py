@@ -35,15 +35,8 @@ fails). Full-frame inference runs each variant's model (channels_last, compiled)
 speed ratio JAX/PyTorch = PyTorch time / JAX time (> 1: JAX faster) against each variant and against the
 fastest one of the run (``best``, the strongest peer).
 
-``--pipeline``: crops/s delivered by ``hdr_jax.data.make_train_iterator`` over a synthesised NTIRE folder
-(``--pipeline_height`` x ``--pipeline_width``): its tiles (``hdr_jax.tiles``), the prepared ArrayRecord
-source when tensorflow_datasets is importable, and the PNG folder itself, for each ``--workers`` count,
-next to the fastest JAX train step's consumption (this run's, or ``--consumption_from=JSON``); target
-ratio >= 1.5.
-
   python benchmarks/models.py                                          # GPU: all models, f32 + bf16
   python benchmarks/models.py --batch=2 --patch=64 --height=64 --width=96 --repeats=2 --torch  # CPU check
-  python benchmarks/models.py --models= --pipeline --consumption_from=benchmarks/out/models.json
   python benchmarks/models.py --summary=benchmarks/out/models.json     # print the tables of a JSON
 
 ``--config.KEY=VALUE`` (repeatable) overrides a config value for every model, as the trainer's flag does;
@@ -65,7 +58,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -84,9 +76,6 @@ import common  # noqa: E402
 from hdr_jax.constants import GAMMA, MU  # noqa: E402
 
 _MARK = "@@MODELS_BENCH_RESULT@@ "
-PIPELINE_TARGET = 1.5
-
-
 class Terminated(Exception):
   """SIGTERM (e.g. from ``timeout``): stop, keep what was measured."""
 
@@ -153,12 +142,9 @@ def synthetic_batch(batch: int, size_hw: tuple[int, int], seed: int = 0) -> dict
 def jax_train(name: str, dtype: str, args, overrides: dict) -> dict:
   import jax
 
-  from hdr_jax import cli
-
   dev = jax.devices()[0]
   peak_before = common.peak_bytes(dev)
   config = load_config(name, dtype, args.batch, args.patch, overrides)
-  cli.use_compilation_cache(config)
   eng = common.engine(config)
   start = time.perf_counter()
   state = jax.block_until_ready(eng.init_state(jax.random.key(config.seed)))
@@ -212,11 +198,8 @@ def jax_train(name: str, dtype: str, args, overrides: dict) -> dict:
 def jax_infer(name: str, dtype: str, args, overrides: dict) -> dict:
   import jax
 
-  from hdr_jax import cli
-
   dev = jax.devices()[0]
   config = load_config(name, dtype, args.batch, args.patch, overrides)
-  cli.use_compilation_cache(config)
   eng = common.engine(config)
   state = jax.block_until_ready(eng.init_state(jax.random.key(config.seed)))
   n_params = eng.param_count(state)
@@ -394,94 +377,6 @@ def torch_bench(dtype: str, args, variant: str) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------
-# Input pipeline
-# --------------------------------------------------------------------------------------------------
-
-
-def _synthesize(folder: Path, scenes: int, height: int, width: int) -> None:
-  """Scenes in parallel processes (one scene per task; identical to a sequential ``synthesize_folder``)."""
-  import concurrent.futures
-  import multiprocessing
-
-  from hdr_jax import synthesize
-
-  procs = max(1, min(scenes, os.cpu_count() or 1))
-  if procs == 1:
-    synthesize.synthesize_folder(folder, scenes, height, width, seed=0, verbose=False)
-    return
-  with concurrent.futures.ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("spawn")) as pool:
-    jobs = [pool.submit(synthesize.synthesize_folder, folder, 1, height, width, seed=0, start_index=i, verbose=False)
-            for i in range(scenes)]
-    for job in jobs:
-      job.result()
-
-
-def pipeline_check(args, consumption: dict | None, report: dict, save) -> None:
-  import shutil
-
-  result = {"height": args.pipeline_height, "width": args.pipeline_width, "scenes": args.pipeline_scenes,
-            "consumption": consumption, "rows": [], "target_ratio": PIPELINE_TARGET}
-  report["pipeline"] = result
-  workdir = Path(tempfile.mkdtemp(prefix="hdr_models_bench_"))
-  try:
-    folder = workdir / "ntire"
-    start = time.perf_counter()
-    _synthesize(folder, args.pipeline_scenes, args.pipeline_height, args.pipeline_width)
-    result["synthesize_s"] = time.perf_counter() - start
-    # Tiles first (the recommended GPU format), the ArrayRecord dataset when tfds can prepare it, PNG last.
-    sources, result["prepared"] = common.pipeline_sources(folder, workdir, ["tiles", "prepared/array_record", "png"])
-    for crops in _ints(args.crops_per_scene):
-      for source_name, source in sources.items():
-        for workers in _workers(args.workers):
-          try:
-            # At least max(2, workers) batches untimed (worker start-up), three per worker timed.
-            row = {"source": source_name, **common.delivered_rate(
-                source, patch=args.patch, batch=args.batch, workers=workers, crops=crops, threads=args.threads,
-                prefetch=args.prefetch, warmup=max(2, workers), batches=max(args.pipeline_batches, 3 * workers))}
-          except Exception as e:  # noqa: BLE001 - one failing configuration must not end the check
-            row = {"source": source_name, "workers": workers, "crops_per_scene": crops, "error": _error(e)}
-          gc.collect()
-          result["rows"].append(row)
-          what = f"pipeline {source_name:22s} crops/scene={crops} workers={workers:2d}"
-          if "error" in row:
-            print(f"{what}: FAILED {row['error'].splitlines()[0]}", flush=True)
-          else:
-            print(f"{what}  {row['crops_per_s']:8.1f} crops/s  (start-up {row['startup_s']:.1f} s)", flush=True)
-          save()
-  finally:
-    shutil.rmtree(workdir, ignore_errors=True)
-  # Per crops_per_scene (a training setting: > 1 cuts several patches from each scene read).
-  result["best"] = {}
-  for r in result["rows"]:
-    best = result["best"].get(str(r["crops_per_scene"]))
-    if "error" not in r and (best is None or r["crops_per_s"] > best["crops_per_s"]):
-      result["best"][str(r["crops_per_scene"])] = r
-  if consumption:
-    result["ratio"] = {c: b["crops_per_s"] / consumption["crops_per_s"] for c, b in result["best"].items()}
-
-
-def _ints(text: str) -> list[int]:
-  return [int(x) for x in str(text).split(",") if x.strip()]
-
-
-def _workers(text: str) -> list[int]:
-  if str(text) == "auto":
-    return [max(0, min(14, (os.cpu_count() or 1) - 2))]
-  return _ints(text)
-
-
-def fastest_consumer(rows) -> dict | None:
-  """The JAX train row with the highest crops/s: ``{model, dtype, crops_per_s, ms_per_step}``."""
-  best = None
-  for r in rows:
-    tr = r.get("train") or {}
-    if r["framework"] == "jax" and tr.get("crops_per_s") and (best is None or tr["crops_per_s"] > best["crops_per_s"]):
-      best = {"model": r["model"], "dtype": r["dtype"], "crops_per_s": tr["crops_per_s"],
-              "ms_per_step": tr["ms_per_step"], "batch": tr.get("batch")}
-  return best
-
-
-# --------------------------------------------------------------------------------------------------
 # Peaks, MFU, ratios
 # --------------------------------------------------------------------------------------------------
 
@@ -599,29 +494,6 @@ def format_report(report: dict) -> str:
       for phase, err in (r.get("errors") or {}).items():
         tag = "SKIPPED" if err.startswith("skipped") else "FAILED"
         lines.append(f"{tag} {r['model']} {r['dtype']} {r['framework']}/{r['variant']} {phase}: {err.splitlines()[0]}")
-  p = report.get("pipeline")
-  if p:
-    lines.append(f"input pipeline ({p.get('scenes')} synthesised scenes {p.get('height')}x{p.get('width')}, "
-                 f"batch {s.get('batch')} x {s.get('patch')}^2):")
-    for row in p.get("rows", []):
-      if "error" in row:
-        lines.append(f"  {row['source']:22s} crops/scene={row['crops_per_scene']} workers={row['workers']}: FAILED")
-      else:
-        lines.append(f"  {row['source']:22s} crops/scene={row['crops_per_scene']} workers={row['workers']:2d}: "
-                     f"{row['crops_per_s']:8.1f} crops/s")
-    for name, prep in (p.get("prepared") or {}).items():
-      state = (f"FAILED {prep['error']}" if "error" in prep else f"skipped: {prep['skipped']}" if "skipped" in prep
-               else f"prepared in {prep['prepare_s']:.1f} s, {prep['bytes'] / 2**20:.1f} MiB")
-      lines.append(f"  {name}: {state}")
-    c = p.get("consumption")
-    if c:
-      lines.append(f"  fastest train step: {c['model']} {c['dtype']} consumes {c['crops_per_s']:.1f} crops/s")
-    for crops, best in (p.get("best") or {}).items():
-      ratio = (p.get("ratio") or {}).get(crops)
-      verdict = "" if ratio is None else (f" = {ratio:.2f}x the consumption (target >= {PIPELINE_TARGET}x: "
-                                          f"{'met' if ratio >= PIPELINE_TARGET else 'NOT met'})")
-      lines.append(f"  crops/scene={crops}: best {best['crops_per_s']:.1f} crops/s ({best['source']}, "
-                   f"{best['workers']} workers){verdict}")
   for f in report.get("failures") or []:
     lines.append(("SKIPPED " if "skipped" in f.split("\n")[0] else "FAILED ") + f.splitlines()[0])
   return "\n".join(lines)
@@ -702,16 +574,6 @@ def parse_args(argv=None):
   p.add_argument("--no_torch_cudnn_benchmark", dest="torch_cudnn_benchmark", action="store_false")
   p.add_argument("--peak_tflops", default="auto", help="auto (measured matmul) | none | X | float32=X,bfloat16=Y")
   p.add_argument("--peak_n", type=int, default=None, help="matmul size for --peak_tflops=auto (CPU 1024, else 8192)")
-  p.add_argument("--pipeline", action="store_true", help="also the input pipeline's delivered rate")
-  p.add_argument("--pipeline_height", type=int, default=1060)
-  p.add_argument("--pipeline_width", type=int, default=1900)
-  p.add_argument("--pipeline_scenes", type=int, default=16)
-  p.add_argument("--pipeline_batches", type=int, default=24, help="timed batches (at least 3 per worker)")
-  p.add_argument("--workers", default="auto", help="grain worker processes, comma-separated (auto: CPUs - 2, <= 14)")
-  p.add_argument("--crops_per_scene", default="1", help="comma-separated patches per scene read")
-  p.add_argument("--threads", type=int, default=4, help="reader threads per process (the trainer's 4)")
-  p.add_argument("--prefetch", type=int, default=4, help="buffered batches per worker (the trainer's 4)")
-  p.add_argument("--consumption_from", default=None, help="models JSON giving the train rate (runs without models)")
   p.add_argument("--deadline_s", type=float, default=0, help="start no new measurement after this many seconds")
   p.add_argument("--child_timeout", type=float, default=600, help="seconds for one inference subprocess")
   p.add_argument("--json", default=str(ROOT / "benchmarks" / "out" / "models.json"))
@@ -838,19 +700,6 @@ def main(argv=None) -> dict | None:
         torch_done = True
     if args.torch and not torch_done:
       run_torch(args, dtypes, report, save, over_deadline)
-    if args.pipeline:
-      consumption = fastest_consumer(report["rows"])
-      if consumption is None and args.consumption_from:
-        consumption = fastest_consumer(json.loads(Path(args.consumption_from).read_text()).get("rows", []))
-      if over_deadline():
-        report["failures"].append("pipeline: skipped: --deadline_s reached")
-      else:
-        try:
-          pipeline_check(args, consumption, report, save)
-        except Terminated:
-          raise
-        except Exception as e:  # noqa: BLE001
-          report["failures"].append(f"pipeline: {_error(e)}")
   except Terminated as e:
     report["failures"].append(f"terminated ({e}) after {time.perf_counter() - t0:.0f} s; later measurements missing")
   add_derived(report["rows"], report["peaks"])

@@ -176,12 +176,22 @@ def test_pipeline_sources_go_on_without_the_prepared_format(tmp_path, monkeypatc
   with pytest.raises(ValueError, match="unknown pipeline sources"):
     common.pipeline_sources(folder, tmp_path, ["jpeg"])
 
+  # Beside the fastest JAX train step of a models.py report (a faster PyTorch row is not the consumer).
+  models = {"rows": [{"framework": "jax", "model": "ahdrnet", "dtype": "float32", "train": {"crops_per_s": 2.0, "ms_per_step": 1.0}},
+                     {"framework": "jax", "model": "vam", "dtype": "float32", "train": {"crops_per_s": 0.5, "ms_per_step": 4.0}},
+                     {"framework": "torch", "model": "ahdrnet", "dtype": "float32", "train": {"crops_per_s": 9.0, "ms_per_step": 0.2}}]}
+  (tmp_path / "models.json").write_text(json.dumps(models))
   report = input_pipeline.main(["--height=64", "--width=96", "--scenes=2", "--patch=32", "--batch=2",
                                 "--batches=2", "--warmup=1", "--workers=0", "--sources=png,tiles",
+                                f"--consumption_from={tmp_path / 'models.json'}",
                                 f"--workdir={tmp_path / 'bench'}", f"--json={tmp_path / 'p.json'}"])
   assert [r["source"] for r in report["results"]] == ["png", "tiles"]
   assert all(r["crops_per_s"] > 0 for r in report["results"])
   assert json.loads((tmp_path / "p.json").read_text())["prepared"]["tiles"]["bytes"] > 0
+  assert report["consumption"]["model"] == "ahdrnet" and report["failures"] == []
+  best = max(r["crops_per_s"] for r in report["results"])
+  assert report["ratio"] == {"1": pytest.approx(best / 2.0)}
+  assert "x the consumption (target >= 1.5x" in capsys.readouterr().out
 
 
 def test_diffusion_sampling_reports_the_pytorch_variants_and_the_best(tmp_path, capsys):
