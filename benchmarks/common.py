@@ -25,10 +25,11 @@ _PACKAGES = ("jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda13-plugin", "flax", 
 def engine(config):
   """The trainer's Engine for ``config``, its task prepared as the trainer prepares it (l-DAE's PCA basis
   fitted on the config's training data, the embedded dataset by default), so a benchmark measures the
-  model a run trains."""
-  from hdr_jax import data, tasks
+  model a run trains; compiled programs are cached as the trainer caches them."""
+  from hdr_jax import cli, data, tasks
   from hdr_jax import engine as engine_lib
 
+  cli.use_compilation_cache(config)
   task = tasks.get_task(config)
   if task.prepares_from_data:
     task.prepare(data.resolve_data(config)[0])
@@ -299,7 +300,7 @@ def table(headers, rows) -> str:
 
 
 # Input pipeline: the training sources over a synthesised NTIRE folder, and their delivered rate
-# (benchmarks/input_pipeline.py and benchmarks/models.py --pipeline).
+# (benchmarks/input_pipeline.py).
 
 PIPELINE_SOURCES = ("png", "tiles", "prepared/tfds", "prepared/array_record")
 

@@ -26,7 +26,6 @@ import gzip
 import json
 import re
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,10 +125,8 @@ def _target_fn(args):
   kind, _, name = args.target.partition(":")
   if kind in ("train", "predict"):
     import models as model_bench
-    from hdr_jax import cli
 
     config = model_bench.load_config(name, args.dtype, args.batch, args.patch, {})
-    cli.use_compilation_cache(config)
     eng = common.engine(config)
     state = {"s": eng.init_state(jax.random.key(config.seed))}
     key = jax.random.key(1)
@@ -187,9 +184,7 @@ def main(argv=None):
   if out.exists() and not out.is_dir():
     raise SystemExit(f"--out={out}: exists and is not a directory (the trace is written into a folder)")
   fn, sync, what = _target_fn(args)
-  start = time.perf_counter()
-  sync(fn())
-  first = time.perf_counter() - start
+  first = common.timed(fn, sync)[1]
   t = common.time_repeats(fn, repeats=3, warmup=args.warmup, iters=args.steps, sync=sync)
   jax.profiler.start_trace(str(out))
   try:
