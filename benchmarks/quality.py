@@ -28,14 +28,30 @@ r"""Held-out quality benchmark: every model trained for the same budget, scored 
   python benchmarks/quality.py --tiny --hdr A.exr B.exr --out=/tmp/quality     # CI-sized, about a minute
 
 ``--widths=small`` shrinks AHDRNet and the VAM+DRDB stem (CPU studies; ``--tiny`` implies it).
+
+Besides the study's names, ``--models`` takes two kinds of entry that keep their own settings:
+
+- ``config:NAME[:VARIANT]`` trains ``configs/NAME.py`` (``get_config(VARIANT)``) as it is written: its
+  own steps, batch, patch size, widths and data, changed only in the seed and, with ``--train_hdr``, the
+  radiance maps it synthesises its scenes from (kept beside ``'procedural'`` where the config mixes
+  procedural scenes in). ``config:diffusion`` is the README's main job, scored with its own sampler,
+  with a second row for the deterministic estimate it refines; ``config:ahdrnet:cpu`` is the CPU recipe.
+- ``pretrained:NAME`` scores a model shipped in the package (``hdr_jax.pretrained``) without training,
+  once; it is refused where ``--hdr`` holds a radiance map it was trained on.
+
+  python benchmarks/quality.py --hdr HDR/{Desk,MtTamWest,StillLife}.exr \
+      --train_hdr HDR/{Carrots,GoldenGate,Tree}.exr --scenes_per_hdr=2 --eval_size=128x192 --seeds=0,1 \
+      --models=config:ahdrnet:cpu,pretrained:ahdrnet-merge-cpu --out=benchmarks/out/recipe_fold1
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import platform
+import re
 import sys
 import time
 import traceback
@@ -86,10 +102,10 @@ def baseline_predictions(scene) -> dict:
 # --------------------------------------------------------------------------------------------------
 
 
-def load_config(name: str):
+def load_config(name: str, arg: str = ""):
   from hdr_jax import config_base
 
-  return config_base.load_config_file(ROOT / "configs" / f"{name}.py")
+  return config_base.load_config_file(ROOT / "configs" / f"{name}.py", arg)
 
 
 def base_config(name: str, args, seed: int, steps: int):
@@ -117,8 +133,31 @@ def base_config(name: str, args, seed: int, steps: int):
   return c
 
 
+def as_configured(model: str, args, seed: int):
+  """The config of a ``config:NAME[:VARIANT][@KEY=VALUE...]`` entry: as written, but for the seed, the
+  maps and the entry's own ``@KEY=VALUE`` settings (the benchmarks' per-entry ``--config.KEY=VALUE``)."""
+  from hdr_jax import cli, config_base
+
+  spec, *sets = model.split("@")
+  _, name, arg = (spec.split(":") + [""])[:3]
+  c = load_config(name, arg)
+  c.seed = seed
+  if args and args.train_hdr:
+    procedural = ("procedural",) if "procedural" in c.data.embedded.hdr_files else ()
+    c.data.embedded.hdr_files = procedural + tuple(str(f) for f in args.train_hdr)
+  return config_base.apply_overrides(c, cli.parse_overrides(sets, flag="@"))
+
+
+def trained_on_held_out(config, args) -> list[str]:
+  """The file names of ``--hdr`` that ``config`` synthesises training scenes from."""
+  trained = {Path(f).name for f in config.data.embedded.hdr_files if f != "procedural"}
+  return sorted(trained & {f.name for f in args.hdr})
+
+
 def eval_variants(model: str, args) -> dict:
   """``{suffix: (method name, evaluate overrides)}``: the sampler settings a model is scored with."""
+  if ":" in model:  # config: and pretrained: entries keep their own sampler
+    return {"": (model, {})}
   if model == "ddpm":
     return {f"_ddim{args.ddim_steps}": (f"ddpm (DDIM-{args.ddim_steps}, eta {args.ddim_eta:g})",
                                         {"sampler.name": "ddim", "sampler.steps": args.ddim_steps,
@@ -128,6 +167,8 @@ def eval_variants(model: str, args) -> dict:
 
 
 def _num_params(workdir: Path) -> int | None:
+  if not (workdir / "metrics.jsonl").is_file():  # a shipped model keeps no training log
+    return None
   for line in (workdir / "metrics.jsonl").read_text().splitlines():
     row = json.loads(line)
     if "num_params" in row:
@@ -145,6 +186,8 @@ def check_same_config(config, workdir: Path) -> None:
 
   old, new = (traversals.flatten_mapping(json.loads(text), sep=".")
               for text in (saved.read_text(), config.to_json_best_effort()))
+  if new.get("data.protocol") == "auto":  # the trainer saves the layout it detected in place of 'auto'
+    new["data.protocol"] = old.get("data.protocol")
   diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
   if diff:
     shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:5])
@@ -171,10 +214,18 @@ def run_model(model: str, seed: int, args, eval_dirs: dict) -> list[dict]:
   """Trains one model for one seed and scores it on every level: one row per evaluation variant."""
   from hdr_jax import evaluate
 
+  from hdr_jax import checkpoint, pretrained
+
   runs = args.out / "runs"
-  workdir = runs / f"{model}_s{seed}"
+  workdir = out = runs / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', model)}_s{seed}"
   info = {}
-  if model == "vam_drdb_ldae":
+  if model.startswith("pretrained:"):
+    workdir, out = pretrained.path(model.split(":", 1)[1]), runs / model.replace(":", "_")
+    config = checkpoint.load_config(workdir)
+    info["train"] = {"seconds": None, "params": None}
+  elif model.startswith("config:"):
+    config = as_configured(model, args, seed)
+  elif model == "vam_drdb_ldae":
     pre = max(1, round(args.steps * args.ldae_fraction))
     ldae = base_config("ldae", args, seed, pre)
     ldae.model = base_config("vam_drdb", args, seed, 1).model
@@ -184,18 +235,30 @@ def run_model(model: str, seed: int, args, eval_dirs: dict) -> list[dict]:
   else:
     config = base_config(CONFIGS[model], args, seed, args.steps)
     config.model.update(MODEL_SETTINGS.get(model, {}))
-  info["train"] = train(config, workdir)
+  shared = trained_on_held_out(config, args)
+  if shared:
+    raise ValueError(f"{model} trains on the held-out maps {shared}")
+  if "train" not in info:
+    info["train"] = train(config, workdir)
+  out.mkdir(parents=True, exist_ok=True)
   rows = []
   for suffix, (method, overrides) in eval_variants(model, args).items():
-    levels = {}
+    levels, estimate = {}, {}
     for level, folder in eval_dirs.items():
-      result = evaluate.run(workdir, data=folder, step="latest", json_path=workdir / f"eval_{level}{suffix}.json",
+      result = evaluate.run(workdir, data=folder, step="latest", json_path=out / f"eval_{level}{suffix}.json",
                             overrides=overrides)
       levels[level] = {k: result["mean"][k] for k in METRICS}
-    seconds = info["train"]["seconds"] + info.get("pretrain", {}).get("seconds", 0.0)
-    rows.append({"method": method, "model": model, "seed": seed, "workdir": str(workdir),
-                 "overrides": overrides, "params": info["train"]["params"], "train_seconds": seconds,
-                 "learning_rate": config.optimizer.learning_rate, "levels": levels})
+      if "estimate_psnr_mu" in result["mean"]:  # a model that refines a deterministic estimate
+        estimate[level] = {k: result["mean"][f"estimate_{k}"] for k in ("psnr_mu", "psnr_l")}
+    seconds = info["train"]["seconds"]
+    if seconds is not None:
+      seconds += info.get("pretrain", {}).get("seconds", 0.0)
+    row = {"method": method, "model": model, "seed": seed, "workdir": str(workdir),
+           "overrides": overrides, "params": info["train"]["params"] or _num_params(workdir),
+           "train_seconds": seconds, "learning_rate": config.optimizer.learning_rate, "levels": levels}
+    rows.append(row)
+    if estimate:
+      rows.append({**row, "method": f"{method}, its estimate", "estimate": True, "levels": estimate})
   return rows
 
 
@@ -230,23 +293,18 @@ def scene_baselines(eval_dirs: dict) -> dict:
   return out
 
 
-def _tonemap(img, ref):
-  from hdr_jax import metrics_log
-
-  return metrics_log.tonemap_for_display(img, ref)
-
-
 def pick_crop(eval_dir, crop: int) -> dict:
   """The scene and ``crop`` x ``crop`` window (stride crop/2) where the classical merge is worst
   (mean absolute difference of the tone-mapped merge and target)."""
-  from hdr_jax import fileio
+  from hdr_jax import fileio, metrics_log
 
   best = None
   for s in fileio.validate_folder(eval_dir, require_gt=True):
     d = fileio.read_scene(s)
     h, w = d["gt"].shape[:2]
     c = min(crop, h, w)
-    err = np.abs(_tonemap(merge_exposures(d["frames"], d["exposures"]), d["gt"]) - _tonemap(d["gt"], d["gt"])).mean(-1)
+    tonemap = functools.partial(metrics_log.tonemap_for_display, ref_gamma=d["gt"])
+    err = np.abs(tonemap(merge_exposures(d["frames"], d["exposures"])) - tonemap(d["gt"])).mean(-1)
     for y in range(0, h - c + 1, max(1, c // 2)):
       for x in range(0, w - c + 1, max(1, c // 2)):
         e = float(err[y:y + c, x:x + c].mean())
@@ -321,11 +379,12 @@ def write_figure(path: Path, crops: dict, columns: list[str]) -> None:
 
 
 def figure_tiles(eval_dirs: dict, crop: int, runs: list[dict]) -> tuple[dict, list[str]]:
-  from hdr_jax import fileio
+  from hdr_jax import fileio, metrics_log
 
   first_seed = {}
   for r in runs:
-    first_seed.setdefault(r["method"], r)
+    if not r.get("estimate"):  # the figure shows what a model predicts
+      first_seed.setdefault(r["method"], r)
   crops, columns = {}, None
   for level, folder in eval_dirs.items():
     at = pick_crop(folder, crop)
@@ -333,10 +392,11 @@ def figure_tiles(eval_dirs: dict, crop: int, runs: list[dict]) -> tuple[dict, li
     sl = np.s_[at["y"]:at["y"] + at["size"], at["x"]:at["x"] + at["size"]]
     gt = d["gt"][sl]
     tiles = {"short": d["frames"][0][sl], "medium": d["frames"][1][sl], "long": d["frames"][2][sl],
-             "merge": _tonemap(merge_exposures(d["frames"], d["exposures"])[sl], gt)}
+             "merge": metrics_log.tonemap_for_display(merge_exposures(d["frames"], d["exposures"])[sl], gt)}
     for method, r in first_seed.items():
-      tiles[method] = _tonemap(model_prediction(r["workdir"], at["scene"], r["overrides"])[sl], gt)
-    tiles["target"] = _tonemap(gt, gt)
+      tiles[method] = metrics_log.tonemap_for_display(model_prediction(r["workdir"], at["scene"], r["overrides"])[sl],
+                                                      gt)
+    tiles["target"] = metrics_log.tonemap_for_display(gt, gt)
     crops[f"{level} {at['id']}"] = {k: np.asarray(v, np.float32) for k, v in tiles.items()}
     columns = list(tiles)
   return crops, columns
@@ -353,11 +413,12 @@ def summarise(runs: list[dict], baselines: dict) -> dict:
   for m in methods:
     rs = [r for r in runs if r["method"] == m]
     table[m] = {level: {k: [float(np.mean(vals)), float(np.std(vals)), len(vals)]
-                        for k in METRICS for vals in [[r["levels"][level][k] for r in rs]]}
+                        for k in METRICS if k in rs[0]["levels"][level] for vals in [[r["levels"][level][k] for r in rs]]}
                 for level in rs[0]["levels"]}
     table[m]["params"] = rs[0]["params"]
     table[m]["lr"] = rs[0]["learning_rate"]
-    table[m]["train_seconds"] = float(np.mean([r["train_seconds"] for r in rs]))
+    if rs[0]["train_seconds"] is not None:
+      table[m]["train_seconds"] = float(np.mean([r["train_seconds"] for r in rs]))
   return table
 
 
@@ -374,6 +435,10 @@ def markdown(report: dict) -> str:
            f"({', '.join(Path(p).name for p in s['hdr'])}); "
            + "; ".join(f"{lv} = {kw}" for lv, kw in s["levels"].items()) + ". "
            f"Machine: {s['machine']}.", "",
+           *(["Rows named `config:...` trained as their config file is written (its own steps, batch, "
+              "patch size and widths, changed only in the seed and, where training maps are named above, "
+              "those), `pretrained:...` rows are shipped models scored as they are, and an `..., its estimate` "
+              "row is the deterministic estimate that the model above it refines.", ""] if any(":" in m for m in s["models"]) else []),
            "Mean ± std over seeds (population std). PSNR in dB (official NTIRE arithmetic), SSIM on the "
            "mu-tonemapped (SSIM-mu) and gamma-domain (SSIM-L) images. 'train s' is the wall time of the trainer "
            "(compilation and its own validation included).", ""]
@@ -382,13 +447,15 @@ def markdown(report: dict) -> str:
   lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
 
   def cell(v, digits):
+    if v is None:
+      return "-"
     mean, std, n = v
     return f"{mean:.{digits}f}" if n == 1 else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
   for method, row in report["table"].items():
     cells = [method, f"{row['params']:,}" if row.get("params") else "-", f"{row['lr']:g}" if "lr" in row else "-"]
     for lv in s["levels"]:
-      cells += [cell(row[lv]["psnr_mu"], 2), cell(row[lv]["psnr_l"], 2), cell(row[lv]["ssim_mu"], 4)]
+      cells += [cell(row[lv]["psnr_mu"], 2), cell(row[lv]["psnr_l"], 2), cell(row[lv].get("ssim_mu"), 4)]
     cells.append(f"{row['train_seconds']:.0f}" if "train_seconds" in row else "-")
     lines.append("| " + " | ".join(cells) + " |")
   if report["notes"]:
@@ -438,7 +505,12 @@ def available(model: str) -> str | None:
   from hdr_jax import tasks
 
   try:
-    config = load_config(CONFIGS[model])
+    if model.startswith("pretrained:"):
+      from hdr_jax import pretrained
+
+      pretrained.path(model.split(":", 1)[1])
+      return None
+    config = as_configured(model, None, 0) if model.startswith("config:") else load_config(CONFIGS[model])
     tasks.get_task(config)
   except Exception as e:  # configs/tasks still being written by others
     return f"{type(e).__name__}: {e}"
@@ -485,9 +557,21 @@ def parse_args(argv):
   if not levels or set(levels) - set(LEVELS) or len(set(levels)) != len(levels):
     p.error(f"--levels: {args.levels!r}; give distinct names from {list(LEVELS)}")
   args.levels = {lv: LEVELS[lv] for lv in levels}
-  unknown = sorted(set(args.models) - set(MODELS))
+  unknown = sorted(m for m in set(args.models) - set(MODELS) if not m.startswith(("config:", "pretrained:")))
   if unknown:
-    p.error(f"--models: unknown {unknown}; choose from {MODELS}")
+    p.error(f"--models: unknown {unknown}; choose from {MODELS}, config:NAME[:VARIANT] or pretrained:NAME")
+  for m in args.models:
+    if m.startswith("config:") and not (ROOT / "configs" / f"{m.split('@')[0].split(':')[1]}.py").is_file():
+      p.error(f"--models: {m}: no configs/{m.split('@')[0].split(':')[1]}.py")
+    if m.startswith("pretrained:"):
+      from hdr_jax import checkpoint, fileio, pretrained
+
+      try:
+        shared = trained_on_held_out(checkpoint.load_config(pretrained.path(m.split(":", 1)[1])), args)
+      except fileio.DataError as e:
+        p.error(f"--models: {e}")
+      if shared:
+        p.error(f"--models: {m} was trained on {shared}: leave them out of --hdr")
   if args.size % 8:
     p.error(f"--size must be a multiple of 8, got {args.size}")
   args.train_size = args.train_size or 2 * args.size
@@ -532,6 +616,8 @@ def main(argv=None) -> int:
   write_report(args, runs, baselines, notes)
   for seed in args.seeds:
     for m in models:
+      if m.startswith("pretrained:") and seed != args.seeds[0]:  # trained once: scored once
+        continue
       if args.budget and time.perf_counter() - start > args.budget:
         notes.append(f"{m} seed {seed}: skipped, --budget={args.budget:.0f} s reached")
         continue

@@ -104,6 +104,9 @@ def test_noise_lies_in_the_latent_subspace(basis):
   assert np.abs(_off_latent((odd - X[..., :30, :27, :])[..., :28, :24, :], components, P)).max() < 1e-5
 
 
+SHIPPED, AS_CONFIGURED = "ahdrnet-merge-cpu", "config:ahdrnet:tiny@num_train_steps=2"
+
+
 @pytest.fixture(scope="module")
 def quality_run(tmp_path_factory, shared_hdr_files):
   """``benchmarks/quality.py --tiny`` with VAM+DRDB after l-DAE pretraining: the l-DAE run
@@ -113,8 +116,12 @@ def quality_run(tmp_path_factory, shared_hdr_files):
   out = tmp / "q"
   env = {"HDR_JAX_CACHE": str(tmp / "cache"), **cli_env(), "PYTHONPATH": str(ROOT),
          "JAX_PLATFORMS": "cpu"}
-  hdr = shared_hdr_files[:2]
-  proc = subprocess.run([sys.executable, "benchmarks/quality.py", "--tiny", "--models=vam_drdb_ldae",
+  from hdr_jax import pretrained
+
+  trained = set(pretrained.card(SHIPPED)["trained_on"]["radiance_maps"])
+  hdr = [f for f in shared_hdr_files if f.name not in trained][:2]  # held out from the shipped model too
+  proc = subprocess.run([sys.executable, "benchmarks/quality.py", "--tiny",
+                         f"--models=vam_drdb_ldae,pretrained:{SHIPPED},{AS_CONFIGURED}",
                          "--seeds=0", "--steps=16", "--levels=static,hard", f"--out={out}", "--hdr",
                          *map(str, hdr)], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=900)
@@ -197,11 +204,11 @@ def test_init_feature_extractor_mismatch_is_a_clear_error(quality_run, monkeypat
 def test_quality_benchmark_tiny(quality_run):
   out, stdout = quality_run
   report = json.loads((out / "quality.json").read_text())
-  assert [r["method"] for r in report["runs"]] == ["vam_drdb + l-DAE"]
+  assert [r["method"] for r in report["runs"]] == ["vam_drdb + l-DAE", f"pretrained:{SHIPPED}", AS_CONFIGURED]
   # Equal compute: 8 l-DAE steps + 8 fine-tuning steps from the copied feature extractor.
   assert json.loads((out / "runs" / "vam_drdb_ldae_s0" / "summary.json").read_text())["step"] == 8
   assert "copied into model.fe" in stdout and str(out / "runs" / "ldae_s0") in stdout
-  for method in ("medium frame", "classical merge", "vam_drdb + l-DAE"):
+  for method in ("medium frame", "classical merge", "vam_drdb + l-DAE", f"pretrained:{SHIPPED}", AS_CONFIGURED):
     assert [lv for lv in report["table"][method] if lv in quality.LEVELS] == ["static", "hard"]
     for level in ("static", "hard"):
       assert all(np.isfinite(report["table"][method][level][k][0]) for k in ("psnr_mu", "psnr_l", "ssim_mu"))
@@ -210,9 +217,31 @@ def test_quality_benchmark_tiny(quality_run):
   assert "| classical merge |" in md and "| vam_drdb + l-DAE |" in md
   from hdr_jax import fileio
 
-  fig = fileio.read_ldr_png(out / "quality_crops.png")  # 2 levels x (3 inputs, merge, 1 model, target)
-  assert fig.shape[0] > 2 * 128 and fig.shape[1] == 6 * 128 and fig.std() > 0.01  # 32-pixel crops shown x4
+  fig = fileio.read_ldr_png(out / "quality_crops.png")  # 2 levels x (3 inputs, merge, 3 models, target)
+  assert fig.shape[0] > 2 * 128 and fig.shape[1] == 8 * 128 and fig.std() > 0.01  # 32-pixel crops shown x4
   assert "| method | params | lr | static PSNR-mu | static PSNR-L | static SSIM-mu | hard PSNR-mu |" in md
+
+
+def test_quality_scores_a_shipped_model_and_a_config_as_written(quality_run):
+  """``pretrained:NAME`` is scored without training (its scores written beside the runs, never into the
+  package) and, being the real trained model, beats the medium frame on held-out maps at both levels;
+  ``config:NAME:VARIANT@KEY=VALUE`` trains that config as written but for the seed and its own setting."""
+  from hdr_jax import config_base, pretrained
+
+  out, _ = quality_run
+  report = json.loads((out / "quality.json").read_text())
+  shipped = report["table"][f"pretrained:{SHIPPED}"]
+  for level in ("static", "hard"):
+    assert shipped[level]["psnr_mu"][0] > report["table"]["medium frame"][level]["psnr_mu"][0] + 1.0
+  assert "train_seconds" not in shipped and f"| pretrained:{SHIPPED} |" in (out / "quality.md").read_text()
+  assert sorted(p.name for p in (out / "runs" / f"pretrained_{SHIPPED}").iterdir()) == ["eval_hard.json", "eval_static.json"]
+  assert not list(pretrained.path(SHIPPED).glob("eval_*.json"))
+  workdir = out / "runs" / "config_ahdrnet_tiny_num_train_steps_2_s0"
+  assert json.loads((workdir / "summary.json").read_text())["step"] == 2
+  tiny = config_base.load_config_file(ROOT / "configs" / "ahdrnet.py", "tiny")
+  tiny.num_train_steps = 2
+  tiny.data.protocol = "ntire"  # what the trainer detected and saved in place of 'auto'
+  assert json.loads((workdir / "config.json").read_text()) == json.loads(tiny.to_json_best_effort())  # nothing else
 
 
 def test_quality_figure_labels_wrap_to_the_column_instead_of_being_cut():
@@ -254,6 +283,15 @@ def test_quality_train_hdr_is_used_for_training_and_kept_apart_from_the_held_out
       quality.parse_args(["--tiny", *argv])
     err = capsys.readouterr().err
     assert ("shares" in err and "must not be trained on" in err) or "missing.exr: no such radiance map" in err
+  from hdr_jax import pretrained
+
+  trained = [b.parent / f for f in pretrained.card(SHIPPED)["trained_on"]["radiance_maps"] if f != "procedural"]
+  for models, why in ((f"pretrained:{SHIPPED}", f"was trained on ['{trained[0].name}']"),
+                      ("pretrained:nope", f"no such shipped model; available: {SHIPPED}"),
+                      ("config:nope", "no configs/nope.py")):
+    with pytest.raises(SystemExit):
+      quality.parse_args(["--tiny", "--hdr", str(trained[0]), f"--models={models}"])
+    assert why in capsys.readouterr().err
   for levels in ("static,foggy", "static,static", ""):
     with pytest.raises(SystemExit):
       quality.parse_args(["--tiny", "--hdr", str(a), f"--levels={levels}"])
@@ -261,10 +299,36 @@ def test_quality_train_hdr_is_used_for_training_and_kept_apart_from_the_held_out
   assert list(quality.parse_args(["--tiny", "--hdr", str(a), "--levels=motion,noise"]).levels) == ["motion", "noise"]
 
 
+def test_quality_reports_an_estimate_beside_the_sample_it_refines(tmp_path, shared_hdr_files):
+  """A model that refines a deterministic estimate (the main job) gets an ``..., its estimate`` row with
+  the estimate's PSNRs (no SSIM is measured for it), averaged over seeds like any row."""
+  args = quality.parse_args(["--tiny", "--hdr", str(shared_hdr_files[0]), "--models=config:diffusion",
+                             f"--out={tmp_path}"])
+  full = {k: 0.5 for k in quality.METRICS}
+  runs = []
+  for seed, (sample, estimate) in enumerate(((30.0, 28.0), (32.0, 27.0))):
+    row = {"method": "config:diffusion", "model": "config:diffusion", "seed": seed, "workdir": "w", "overrides": {},
+           "params": 1234, "train_seconds": 10.0, "learning_rate": 1e-3,
+           "levels": {lv: {**full, "psnr_mu": sample} for lv in ("static", "hard")}}
+    runs += [row, {**row, "method": "config:diffusion, its estimate", "estimate": True,
+                   "levels": {lv: {"psnr_mu": estimate, "psnr_l": 20.0} for lv in ("static", "hard")}}]
+  base = {lv: {name: full for name in ("medium", "merge")} for lv in ("static", "hard")}
+  report = quality.write_report(args, runs, base, [])
+  assert report["table"]["config:diffusion, its estimate"]["hard"]["psnr_mu"] == [27.5, 0.5, 2]
+  assert "ssim_mu" not in report["table"]["config:diffusion, its estimate"]["hard"]
+  md = (tmp_path / "quality.md").read_text()
+  assert "| config:diffusion | 1,234 | 0.001 | 31.00 ± 1.00 | 0.50 ± 0.00 | 0.5000 ± 0.0000 |" in md
+  assert "| config:diffusion, its estimate | 1,234 | 0.001 | 27.50 ± 0.50 | 20.00 ± 0.00 | - |" in md
+  assert "`config:...` trained as their config file is written" in md
+
+
 def test_quality_refuses_to_reuse_a_run_started_with_other_settings(quality_run):
   workdir = quality_run[0] / "runs" / "vam_drdb_ldae_s0"
   config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
   quality.check_same_config(config, workdir)  # the same settings: reused
+  assert config.data.protocol == "ntire"
+  config.data.protocol = "auto"  # as a fresh config has it (the trainer saved what it detected)
+  quality.check_same_config(config, workdir)
   config.data.patch_size = 64
   with pytest.raises(SystemExit, match=r"data.patch_size: 32 -> 64.*use another --out"):
     quality.check_same_config(config, workdir)
