@@ -552,7 +552,8 @@ def parse_args(argv):
     if getattr(args, k) is None:
       setattr(args, k, v)
   args.seeds = [int(s) for s in str(args.seeds).split(",")]
-  args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+  # Comma-separated, but not inside an entry's (...) or [...] value (@data.embedded.motion_range=(0.5,3.0)).
+  args.models = [m.strip() for m in re.split(r",(?![^(\[]*[)\]])", args.models) if m.strip()]
   levels = [lv.strip() for lv in args.levels.split(",") if lv.strip()]
   if not levels or set(levels) - set(LEVELS) or len(set(levels)) != len(levels):
     p.error(f"--levels: {args.levels!r}; give distinct names from {list(LEVELS)}")

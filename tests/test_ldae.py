@@ -297,6 +297,9 @@ def test_quality_train_hdr_is_used_for_training_and_kept_apart_from_the_held_out
       quality.parse_args(["--tiny", "--hdr", str(a), f"--levels={levels}"])
     assert "--levels" in capsys.readouterr().err
   assert list(quality.parse_args(["--tiny", "--hdr", str(a), "--levels=motion,noise"]).levels) == ["motion", "noise"]
+  entry = "config:diffusion@data.embedded.motion_range=(0.5,3.0)@data.embedded.noise_range=[1,2]"
+  assert quality.parse_args(["--tiny", "--hdr", str(a), f"--models=ahdrnet,{entry},vam"]).models == ["ahdrnet", entry, "vam"]
+  assert quality.as_configured(entry, None, 3).data.embedded.motion_range == (0.5, 3.0)
 
 
 def test_quality_reports_an_estimate_beside_the_sample_it_refines(tmp_path, shared_hdr_files):
