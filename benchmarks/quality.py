@@ -133,13 +133,19 @@ def base_config(name: str, args, seed: int, steps: int):
   return c
 
 
+def split_entry(model: str) -> tuple[str, str, str, list[str]]:
+  """``config:NAME[:VARIANT][@KEY=VALUE...]`` or ``pretrained:NAME`` -> ``(kind, NAME, VARIANT, [KEY=VALUE, ...])``."""
+  spec, *sets = model.split("@")
+  kind, name, arg = (spec.split(":", 2) + ["", ""])[:3]
+  return kind, name, arg, sets
+
+
 def as_configured(model: str, args, seed: int):
   """The config of a ``config:NAME[:VARIANT][@KEY=VALUE...]`` entry: as written, but for the seed, the
   maps and the entry's own ``@KEY=VALUE`` settings (the benchmarks' per-entry ``--config.KEY=VALUE``)."""
   from hdr_jax import cli, config_base
 
-  spec, *sets = model.split("@")
-  _, name, arg = (spec.split(":") + [""])[:3]
+  _, name, arg, sets = split_entry(model)
   c = load_config(name, arg)
   c.seed = seed
   if args and args.train_hdr:
@@ -148,10 +154,10 @@ def as_configured(model: str, args, seed: int):
   return config_base.apply_overrides(c, cli.parse_overrides(sets, flag="@"))
 
 
-def trained_on_held_out(config, args) -> list[str]:
-  """The file names of ``--hdr`` that ``config`` synthesises training scenes from."""
+def trained_on_held_out(config, held_out: list[Path]) -> list[str]:
+  """The file names of the ``held_out`` radiance maps that ``config`` synthesises training scenes from."""
   trained = {Path(f).name for f in config.data.embedded.hdr_files if f != "procedural"}
-  return sorted(trained & {f.name for f in args.hdr})
+  return sorted(trained & {f.name for f in held_out})
 
 
 def eval_variants(model: str, args) -> dict:
@@ -212,15 +218,14 @@ def train(config, workdir: Path) -> dict:
 
 def run_model(model: str, seed: int, args, eval_dirs: dict) -> list[dict]:
   """Trains one model for one seed and scores it on every level: one row per evaluation variant."""
-  from hdr_jax import evaluate
-
-  from hdr_jax import checkpoint, pretrained
+  from hdr_jax import checkpoint, evaluate, pretrained
 
   runs = args.out / "runs"
-  workdir = out = runs / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', model)}_s{seed}"
+  folder = re.sub(r"[^A-Za-z0-9_.-]", "_", model)
+  workdir = out = runs / f"{folder}_s{seed}"
   info = {}
   if model.startswith("pretrained:"):
-    workdir, out = pretrained.path(model.split(":", 1)[1]), runs / model.replace(":", "_")
+    workdir, out = pretrained.path(split_entry(model)[1]), runs / folder
     config = checkpoint.load_config(workdir)
     info["train"] = {"seconds": None, "params": None}
   elif model.startswith("config:"):
@@ -235,7 +240,7 @@ def run_model(model: str, seed: int, args, eval_dirs: dict) -> list[dict]:
   else:
     config = base_config(CONFIGS[model], args, seed, args.steps)
     config.model.update(MODEL_SETTINGS.get(model, {}))
-  shared = trained_on_held_out(config, args)
+  shared = trained_on_held_out(config, args.hdr)
   if shared:
     raise ValueError(f"{model} trains on the held-out maps {shared}")
   if "train" not in info:
@@ -508,7 +513,7 @@ def available(model: str) -> str | None:
     if model.startswith("pretrained:"):
       from hdr_jax import pretrained
 
-      pretrained.path(model.split(":", 1)[1])
+      pretrained.path(split_entry(model)[1])
       return None
     config = as_configured(model, None, 0) if model.startswith("config:") else load_config(CONFIGS[model])
     tasks.get_task(config)
@@ -562,13 +567,14 @@ def parse_args(argv):
   if unknown:
     p.error(f"--models: unknown {unknown}; choose from {MODELS}, config:NAME[:VARIANT] or pretrained:NAME")
   for m in args.models:
-    if m.startswith("config:") and not (ROOT / "configs" / f"{m.split('@')[0].split(':')[1]}.py").is_file():
-      p.error(f"--models: {m}: no configs/{m.split('@')[0].split(':')[1]}.py")
-    if m.startswith("pretrained:"):
+    kind, name, _, _ = split_entry(m)
+    if kind == "config" and not (ROOT / "configs" / f"{name}.py").is_file():
+      p.error(f"--models: {m}: no configs/{name}.py")
+    if kind == "pretrained":
       from hdr_jax import checkpoint, fileio, pretrained
 
       try:
-        shared = trained_on_held_out(checkpoint.load_config(pretrained.path(m.split(":", 1)[1])), args)
+        shared = trained_on_held_out(checkpoint.load_config(pretrained.path(name)), args.hdr)
       except fileio.DataError as e:
         p.error(f"--models: {e}")
       if shared:

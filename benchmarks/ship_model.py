@@ -70,7 +70,7 @@ def main(argv=None) -> int:
 
   config = checkpoint.load_config(args.workdir)
   trained = [Path(f).name for f in config.data.embedded.hdr_files]
-  shared = sorted({f.name for f in args.heldout} & set(trained))
+  shared = quality.trained_on_held_out(config, args.heldout)
   if shared:
     p.error(f"--heldout {shared} were trained on by {args.workdir}")
   h, w = (int(x) for x in args.size.split("x"))
