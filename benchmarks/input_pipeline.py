@@ -92,7 +92,10 @@ def main(argv=None) -> dict:
 
   consumption = None
   if args.consumption_from:
-    consumption = fastest_consumer(json.loads(Path(args.consumption_from).read_text()).get("rows", []))
+    try:
+      consumption = fastest_consumer(json.loads(Path(args.consumption_from).read_text()).get("rows", []))
+    except (OSError, ValueError, KeyError, AttributeError) as e:
+      parser.error(f"--consumption_from={args.consumption_from}: not a readable models.py report ({type(e).__name__}: {e})")
   wanted = [s for s in args.sources.split(",") if s]
   unknown = set(wanted) - set(common.PIPELINE_SOURCES)
   if unknown:

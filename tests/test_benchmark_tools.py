@@ -192,6 +192,10 @@ def test_pipeline_sources_go_on_without_the_prepared_format(tmp_path, monkeypatc
   best = max(r["crops_per_s"] for r in report["results"])
   assert report["ratio"] == {"1": pytest.approx(best / 2.0)}
   assert "x the consumption (target >= 1.5x" in capsys.readouterr().out
+  with pytest.raises(SystemExit):
+    input_pipeline.main([f"--consumption_from={tmp_path / 'missing.json'}", f"--json={tmp_path / 'q.json'}"])
+  assert "missing.json: not a readable models.py report" in capsys.readouterr().err
+  assert not (tmp_path / "q.json").exists()
 
 
 def test_diffusion_sampling_reports_the_pytorch_variants_and_the_best(tmp_path, capsys):
